@@ -1,0 +1,106 @@
+"""The Encoder/Decoder interface shared by training, evaluation and serving.
+
+A coding group holds k data queries. The encoder maps them to r parity
+queries; F runs on each data query and a parity model F_P on each parity
+query. The decoder rebuilds unavailable data outputs from the available data
+outputs and the parity outputs. Both are ``nn.Module`` so that learned codes
+carry parameters and take gradients, and so that the very same object is used
+by the trainer and by the serving frontend: the frontend must encode exactly
+what the parity model was trained on.
+
+Shapes: ``B`` is the number of coding groups in a batch, ``k`` the data
+queries per group, ``r`` the parity queries per group, ``*in`` the shape of
+one query (``(C, H, W)`` for images) and ``*out`` the shape of one output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from learncc.errors import ConfigError
+
+
+class Encoder(nn.Module):
+    """Maps a coding group's k queries to its r parity queries.
+
+    Args:
+        k: data queries per coding group (>= 2).
+        r: parity queries per coding group (>= 1).
+        input_shape: shape of one query, without the batch dimension.
+    """
+
+    def __init__(self, *, k: int, r: int, input_shape: Sequence[int]) -> None:
+        super().__init__()
+        check_kr(k, r)
+        self.k, self.r = k, r
+        self.input_shape = tuple(int(s) for s in input_shape)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Encode ``x`` of shape ``(B, k, *in)`` into ``(B, r, *in)``."""
+        raise NotImplementedError
+
+    def check_input(self, x: Tensor) -> None:
+        if tuple(x.shape[1:]) != (self.k, *self.input_shape):
+            raise ConfigError(
+                f"{type(self).__name__} expects groups of shape "
+                f"(B, {self.k}, {', '.join(map(str, self.input_shape))}), "
+                f"got {tuple(x.shape)}"
+            )
+
+
+class Decoder(nn.Module):
+    """Rebuilds unavailable data outputs from the rest of the coding group.
+
+    Subclasses define two things: ``parity_target``, what the parity models
+    are trained to output given F's outputs on the k data queries, and
+    ``forward``, the inverse used when some data outputs are unavailable.
+    """
+
+    def __init__(self, *, k: int, r: int) -> None:
+        super().__init__()
+        check_kr(k, r)
+        self.k, self.r = k, r
+
+    def parity_target(self, data_out: Tensor) -> Tensor:
+        """Map F's outputs ``(B, k, *out)`` to the parity models' targets
+        ``(B, r, *out)``."""
+        raise NotImplementedError
+
+    def can_decode(self, available: Sequence[bool]) -> bool:
+        """Whether the unavailable data outputs can be rebuilt.
+
+        Args:
+            available: k + r flags, data slots first, then parity slots.
+        """
+        raise NotImplementedError
+
+    def forward(self, data_out: Tensor, parity_out: Tensor, available: Tensor) -> Tensor:
+        """Fill in the unavailable data outputs.
+
+        Args:
+            data_out: ``(B, k, *out)``; values in unavailable slots are ignored.
+            parity_out: ``(B, r, *out)``; values in unavailable slots are ignored.
+            available: bool ``(k + r,)`` or ``(B, k + r)``.
+
+        Returns:
+            ``(B, k, *out)`` with available data slots passed through unchanged.
+        """
+        raise NotImplementedError
+
+
+def check_kr(k: int, r: int) -> None:
+    if not isinstance(k, int) or k < 2:
+        raise ConfigError(f"k must be an integer >= 2 (queries per coding group), got {k!r}")
+    if not isinstance(r, int) or r < 1:
+        raise ConfigError(f"r must be an integer >= 1 (parity queries per group), got {r!r}")
+
+
+def availability(available: Tensor | Sequence[bool], batch: int, width: int) -> Tensor:
+    """Broadcast availability flags to a bool tensor of shape ``(B, width)``."""
+    mask = torch.as_tensor(available, dtype=torch.bool)
+    if mask.shape[-1] != width:
+        raise ConfigError(f"availability needs {width} flags (k + r), got {mask.shape[-1]}")
+    return mask.expand(batch, width) if mask.dim() == 1 else mask

@@ -1,0 +1,70 @@
+"""The image concatenation code: k downsampled images tiled into one image."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from learncc.codes.base import Encoder
+from learncc.errors import ConfigError
+
+
+def grid_for(k: int) -> tuple[int, int]:
+    """Rows and columns of the tiling: as square as possible, wider than tall."""
+    cols = math.ceil(math.sqrt(k))
+    return math.ceil(k / cols), cols
+
+
+def _splits(total: int, parts: int) -> list[int]:
+    # Tiles differ by at most one pixel so that they cover the image exactly.
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+class ConcatenationEncoder(Encoder):
+    """Each image is downsampled (area averaging, per channel) and placed in
+    one tile of a rows x cols grid the size of the original image.
+
+    Works for any k >= 2; tiles beyond the k-th stay zero. Unlike addition,
+    the queries do not overlap, but each keeps only about 1/k of its
+    resolution, so images must be large enough for k tiles (at least one
+    pixel per tile). Needs image inputs of shape (C, H, W).
+    """
+
+    def __init__(self, *, k: int, r: int, input_shape: tuple[int, ...]) -> None:
+        super().__init__(k=k, r=r, input_shape=input_shape)
+        if r != 1:
+            raise ConfigError(
+                f"the concatenation encoder makes one parity query (r=1), got r={r}"
+            )
+        if len(self.input_shape) != 3:
+            raise ConfigError(
+                "the concatenation encoder needs image inputs (C, H, W), got shape "
+                f"{self.input_shape}; use the addition encoder for vectors"
+            )
+        _, height, width = self.input_shape
+        self.rows, self.cols = grid_for(k)
+        if height < self.rows or width < self.cols:
+            raise ConfigError(
+                f"a {height}x{width} image cannot hold {k} tiles "
+                f"({self.rows}x{self.cols} grid); lower k"
+            )
+        heights, widths = _splits(height, self.rows), _splits(width, self.cols)
+        self.tiles: list[tuple[int, int, int, int]] = []  # (top, left, h, w)
+        for i in range(k):
+            row, col = divmod(i, self.cols)
+            self.tiles.append(
+                (sum(heights[:row]), sum(widths[:col]), heights[row], widths[col])
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        out = torch.zeros(x.shape[0], *self.input_shape, dtype=x.dtype, device=x.device)
+        for i, (top, left, h, w) in enumerate(self.tiles):
+            out[:, :, top : top + h, left : left + w] = F.interpolate(
+                x[:, i], size=(h, w), mode="area"
+            )
+        return out.unsqueeze(1)  # (B, 1, C, H, W)

@@ -1,0 +1,55 @@
+"""Exception hierarchy.
+
+Every error a user can cause derives from ``LearnccError``; the CLI prints its
+message without a traceback. Each class is named for its cause and carries the
+figures that explain it.
+"""
+
+
+class LearnccError(Exception):
+    """Root of learncc's errors; the message is meant for the user."""
+
+
+class ConfigError(LearnccError, ValueError):
+    """A configuration value cannot work (bad k, unknown name, mismatched shapes)."""
+
+
+class UnknownNameError(ConfigError):
+    """A registry lookup (dataset, model, code) named something not registered."""
+
+    def __init__(self, kind: str, name: str, known: list[str]) -> None:
+        self.kind, self.name, self.known = kind, name, sorted(known)
+        super().__init__(
+            f"unknown {kind} {name!r}; choose one of: {', '.join(self.known)}"
+        )
+
+
+class DataUnavailableError(LearnccError):
+    """A dataset's files are missing and could not be downloaded."""
+
+
+class BundleError(LearnccError):
+    """A coded model bundle is missing, incomplete, corrupt or unsafe."""
+
+
+class BadQueryError(LearnccError, ValueError):
+    """A query's input has the wrong shape, dtype or values."""
+
+
+class QueryTimeoutError(LearnccError, TimeoutError):
+    """No real or reconstructed answer arrived before the query's deadline."""
+
+    def __init__(self, query_id: int, timeout_s: float) -> None:
+        self.query_id, self.timeout_s = query_id, timeout_s
+        super().__init__(
+            f"query {query_id} got no answer within {timeout_s:g} s "
+            "(no instance returned it and its coding group could not decode it)"
+        )
+
+
+class FrontendClosedError(LearnccError, RuntimeError):
+    """The frontend was closed (by us) before or while the query was served."""
+
+
+class BackendUnavailableError(LearnccError, RuntimeError):
+    """No live instance can take the query (they died or never started)."""
