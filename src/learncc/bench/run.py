@@ -1,0 +1,123 @@
+"""One comparison: several modes on the same arrival trace and slowdowns."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from learncc.bench.loadgen import ModeResult, drive, poisson_trace
+from learncc.bundle import load_bundle
+from learncc.errors import ConfigError
+from learncc.serving.backend import DATA, PARITY
+from learncc.serving.deploy import MODES, deployment
+from learncc.serving.slowdown import instance_schedule, preset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """A comparison of serving modes at equal resources.
+
+    Instances are numbered data first, then parity; instance number g gets
+    the same slowdown schedule in every mode, so ``coded`` and ``equal``
+    face the same slow instances at the same times.
+    """
+
+    modes: tuple[str, ...] = ("coded", "equal")
+    rate_qps: float = 300.0
+    duration_s: float = 30.0
+    warmup_s: float = 3.0
+    slowdown: str = "episodes"
+    m: int = 4
+    service_ms: float = 5.0
+    max_batch: int = 1
+    flush_timeout_s: float = 0.005
+    query_timeout_s: float = 10.0
+    seed: int = 0
+    slowdown_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or not self.modes:
+            raise ConfigError(f"unknown modes {bad}; choose from {', '.join(MODES)}")
+        if self.warmup_s >= self.duration_s:
+            raise ConfigError(f"warmup_s ({self.warmup_s}) must be < duration_s ({self.duration_s})")
+        preset(self.slowdown, **self.slowdown_overrides)  # validates the name
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def run_mode(
+    bundle_path: Path, mode: str, cfg: BenchConfig, pool: np.ndarray, labels: np.ndarray | None,
+    *, progress: bool = True,
+) -> ModeResult:  # fmt: skip
+    frontend, shape = deployment(
+        bundle_path, mode, m=cfg.m, service_ms=cfg.service_ms, max_batch=cfg.max_batch,
+        flush_timeout_s=cfg.flush_timeout_s, query_timeout_s=cfg.query_timeout_s,
+    )  # fmt: skip
+    trace = poisson_trace(rate_qps=cfg.rate_qps, duration_s=cfg.duration_s, pool=len(pool),
+                          seed=cfg.seed)  # fmt: skip
+    slowdown = preset(cfg.slowdown, **cfg.slowdown_overrides)
+    async with frontend:
+        loop = asyncio.get_running_loop()
+        start = loop.time() + 0.2
+        # loop.time() is time.monotonic(), which the instance processes share
+        assert abs(loop.time() - time.monotonic()) < 0.05
+        numbered = [(DATA, i) for i in range(shape.data_instances)]
+        numbered += [(PARITY, i) for i in range(shape.parity_instances)]
+        for g, (role, i) in enumerate(numbered):
+            schedule = instance_schedule(slowdown, g, cfg.duration_s + 60, cfg.seed)
+            await frontend.backend.configure(role, i, {"schedule": schedule, "t0": start})
+        result = await drive(
+            frontend, trace, pool, labels=labels, warmup_s=cfg.warmup_s, start_at=start,
+            progress=f"{mode:>6} ({shape.instances} instances)" if progress else None,
+        )  # fmt: skip
+        stats = frontend.statistics()
+    logger.info("%s: %s", mode, stats)
+    return result
+
+
+def run_comparison(
+    bundle_path: str | Path, cfg: BenchConfig, *, progress: bool = True
+) -> dict[str, ModeResult]:
+    """Run every mode of ``cfg`` in turn on the bundle's test inputs.
+
+    Raises:
+        BundleError: the bundle cannot be loaded.
+    """
+    bundle_path = Path(bundle_path)
+    bundle = load_bundle(bundle_path)
+    pool, labels = _test_inputs(bundle)
+    results = {}
+    for mode in cfg.modes:
+        results[mode] = asyncio.run(
+            run_mode(bundle_path, mode, cfg, pool, labels, progress=progress)
+        )
+    return results
+
+
+def _test_inputs(bundle: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """The test split of the bundle's dataset where it loads offline, else
+    random inputs of the right shape (then no served accuracy)."""
+    from learncc.data import load_dataset
+    from learncc.errors import LearnccError
+
+    spec = bundle.manifest.get("data", {})
+    try:
+        data = load_dataset(spec["name"], seed=int(spec["seed"]), download=False)
+        return data.test.x, data.test.y
+    except (KeyError, LearnccError):
+        rng = np.random.default_rng(0)
+        return rng.random((256, *bundle.input_shape), dtype=np.float32), None
+
+
+def summary(results: dict[str, ModeResult]) -> dict[str, dict[str, Any]]:
+    return {mode: r.to_dict() for mode, r in results.items()}

@@ -1,0 +1,193 @@
+"""The coded model bundle: everything needed to serve a coded model.
+
+A bundle is a directory:
+
+- ``manifest.json``: model names and options, input shape, normalization,
+  the code (k, r, encoder, decoder), the data split, training settings and
+  metrics;
+- ``base.safetensors``: F's weights;
+- ``parity.safetensors``: the r parity models' weights (prefix ``<j>.``);
+- ``code.safetensors``: parameters of learned encoders/decoders and the fill
+  query used to complete partial coding groups, with F's output on it.
+
+File names are fixed, never read from the manifest, so a manifest cannot
+point outside its directory; weights load only through safetensors, so
+loading never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from learncc.codes import CodeConfig, Decoder, Encoder, make_code
+from learncc.errors import BundleError, LearnccError
+from learncc.models import Normalized, build_model
+
+FORMAT = "learncc-bundle"
+VERSION = 1
+MANIFEST = "manifest.json"
+BASE, PARITY, CODE = "base.safetensors", "parity.safetensors", "code.safetensors"
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle. ``base`` and ``parity`` include input normalization."""
+
+    path: Path | None
+    manifest: dict[str, Any]
+    base: nn.Module
+    parity: list[nn.Module]
+    encoder: Encoder
+    decoder: Decoder
+    fill_input: torch.Tensor  # (*in): completes partial coding groups
+    fill_output: torch.Tensor  # (*out): F(fill_input)
+
+    @property
+    def code(self) -> CodeConfig:
+        return CodeConfig.from_dict(self.manifest["code"])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.manifest["base"]["input_shape"])
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return tuple(self.fill_output.shape)
+
+
+def model_spec(
+    name: str, options: dict[str, Any], input_shape: tuple[int, ...], num_classes: int,
+    normalization: dict[str, float],
+) -> dict[str, Any]:  # fmt: skip
+    return {
+        "model": name,
+        "options": options,
+        "input_shape": list(input_shape),
+        "num_classes": num_classes,
+        "normalization": normalization,
+    }
+
+
+def build_from_spec(spec: dict[str, Any]) -> nn.Module:
+    """Build an untrained, normalized model from a manifest model spec."""
+    model = build_model(
+        spec["model"],
+        input_shape=tuple(spec["input_shape"]),
+        num_classes=int(spec["num_classes"]),
+        options=spec.get("options") or {},
+    )
+    return Normalized(model, **spec["normalization"])
+
+
+def save_bundle(path: str | Path, bundle: Bundle) -> Path:
+    """Write ``bundle`` to directory ``path`` (created if needed)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    manifest = {**bundle.manifest, "format": FORMAT, "version": VERSION}
+    manifest["code"] = bundle.code.to_dict()
+    save_file(_contiguous(bundle.base.state_dict()), str(path / BASE))
+    parity: dict[str, torch.Tensor] = {}
+    for j, model in enumerate(bundle.parity):
+        parity.update({f"{j}.{n}": t for n, t in model.state_dict().items()})
+    save_file(_contiguous(parity), str(path / PARITY))
+    code = {f"encoder.{n}": t for n, t in bundle.encoder.state_dict().items()}
+    code |= {f"decoder.{n}": t for n, t in bundle.decoder.state_dict().items()}
+    code |= {"fill.input": bundle.fill_input, "fill.output": bundle.fill_output}
+    save_file(_contiguous(code), str(path / CODE))
+    # The manifest goes last: a bundle without one is recognisably incomplete.
+    (path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return path
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().clone() for k, v in state.items()}
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise BundleError(f"bundle file {path.name} is missing in {path.parent}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BundleError(f"bundle file {path} is corrupt: {e}") from None
+
+
+def _load_state(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise BundleError(f"{what} weights do not fit the manifest's model: {e}") from None
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Load a bundle directory written by ``save_bundle``.
+
+    Raises:
+        BundleError: the directory, its manifest or a weights file is missing,
+            corrupt, of another format version, or does not match the models
+            the manifest names.
+    """
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(
+            f"no coded model bundle at {path} (expected {MANIFEST}); "
+            "create one with `learncc train` or `learncc demo`"
+        )
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{manifest_path} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise BundleError(f"{manifest_path} is not a learncc bundle manifest")
+    if manifest.get("version") != VERSION:
+        raise BundleError(
+            f"bundle format version {manifest.get('version')!r} is not supported "
+            f"(this learncc reads version {VERSION})"
+        )
+    try:
+        base = build_from_spec(manifest["base"])
+        parity_spec = manifest["parity"]
+        parity = [build_from_spec(parity_spec) for _ in range(int(parity_spec["count"]))]
+        code = CodeConfig.from_dict(manifest["code"])
+        encoder, decoder = make_code(code, tuple(manifest["base"]["input_shape"]))
+    except KeyError as e:
+        raise BundleError(f"{manifest_path} lacks the entry {e}") from None
+    except LearnccError as e:
+        raise BundleError(f"{manifest_path} names something unusable: {e}") from None
+    if len(parity) != code.r:
+        raise BundleError(f"manifest has {len(parity)} parity models for r={code.r}")
+
+    _load_state(base, _read_tensors(path / BASE), "base model")
+    tensors = _read_tensors(path / PARITY)
+    for j, model in enumerate(parity):
+        prefix = f"{j}."
+        _load_state(model, {k[len(prefix):]: v for k, v in tensors.items()
+                            if k.startswith(prefix)}, f"parity model {j}")  # fmt: skip
+    code_tensors = _read_tensors(path / CODE)
+    for name, module in (("encoder", encoder), ("decoder", decoder)):
+        prefix = f"{name}."
+        _load_state(module, {k[len(prefix):]: v for k, v in code_tensors.items()
+                             if k.startswith(prefix)}, name)  # fmt: skip
+    if "fill.input" not in code_tensors or "fill.output" not in code_tensors:
+        raise BundleError(f"{path / CODE} lacks the fill query")
+    for m in (base, *parity, encoder, decoder):
+        m.eval()
+    return Bundle(
+        path=path,
+        manifest=manifest,
+        base=base,
+        parity=parity,
+        encoder=encoder,
+        decoder=decoder,
+        fill_input=code_tensors["fill.input"],
+        fill_output=code_tensors["fill.output"],
+    )

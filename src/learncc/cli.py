@@ -1,0 +1,284 @@
+"""The ``learncc`` command line: demo, train, eval, bench, serve.
+
+The CLI is the only place that configures logging and prints. Every user
+error (a ``LearnccError``) is printed as one line, ``error: ...``, with exit
+status 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from learncc.errors import ConfigError, LearnccError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Learning-based coded computation: train, evaluate, serve and benchmark parity models.",
+)
+console = Console(stderr=False)
+logger = logging.getLogger("learncc.cli")
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info logs.")]
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def accuracy_table(metrics: dict[str, Any], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("top-1", justify="right")
+    rows = [
+        ("base F (all predictions available)", metrics["base_top1"]),
+        ("degraded (reconstructed vs true label)", metrics["degraded_top1"]),
+        ("reconstruction (vs F's prediction)", metrics["reconstruction_top1"]),
+    ]
+    rows += [(f"overall, {f:.0%} unavailable", v)
+             for f, v in metrics["overall_top1_at_unavailability"].items()]  # fmt: skip
+    for name, value in rows:
+        table.add_row(name, f"{100 * float(value):.2f}%")
+    return table
+
+
+def latency_table(latency: dict[str, dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("mode", "p50 ms", "p99 ms", "p99.9 ms", "n", "reconstructed", "errors", "served top-1"):
+        table.add_column(col, justify="left" if col == "mode" else "right")
+    for mode, r in latency.items():
+        top1 = "-" if r.get("top1") is None else f"{100 * r['top1']:.2f}%"
+        table.add_row(mode, f"{r['p50']:.2f}", f"{r['p99']:.2f}", f"{r['p999']:.2f}",
+                      str(r["n"]), str(r["reconstructed"]), str(r["errors"]), top1)  # fmt: skip
+    return table
+
+
+def accuracy_summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "base_top1": metrics["base_top1"],
+        "base_top5": metrics["base_top5"],
+        "degraded_top1": metrics["degraded_top1"],
+        "degraded_top5": metrics["degraded_top5"],
+        "reconstruction_top1": metrics["reconstruction_top1"],
+        "overall_top1_at_unavailability": {
+            str(float(key.removeprefix("overall_top1_at_f"))): value
+            for key, value in metrics.items()
+            if key.startswith("overall_top1_at_f")
+        },
+    }
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Directory for results.json, the plot and the bundle.")] = Path("runs/demo"),
+    quick: Annotated[bool, typer.Option(help="Short training and load (under 90 s), for smoke checks.")] = False,
+    rate: Annotated[float, typer.Option(help="Offered load, queries/s.")] = 300.0,
+    duration: Annotated[float | None, typer.Option(help="Seconds of load per mode.")] = None,
+    slowdown: Annotated[str, typer.Option(help="Slowdown condition (see `learncc bench --help`).")] = "episodes",
+    seed: int = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Train F and a k=2 parity model on real MNIST digits, evaluate degraded
+    mode, then serve coded and equal-resources deployments under the same
+    load and slowdowns, and report accuracy and tail latency."""
+    from learncc.bench.plots import latency_cdf
+    from learncc.bench.run import BenchConfig, run_comparison, summary
+    from learncc.codes import CodeConfig
+    from learncc.data import load_dataset
+    from learncc.training import TrainConfig
+    from learncc.training.pipeline import train_bundle
+
+    _setup_logging(quiet)
+    started = time.perf_counter()
+    duration = duration if duration is not None else (8.0 if quick else 30.0)
+    bench_cfg = BenchConfig(modes=("coded", "equal"), rate_qps=rate, duration_s=duration,
+                            warmup_s=min(3.0, duration / 4), slowdown=slowdown, seed=seed)  # fmt: skip
+    data = load_dataset("mnist5k", seed=seed)
+    console.print(f"[bold]1/3[/] training on mnist5k ({len(data.train)} train, "
+                  f"{len(data.val)} val, {len(data.test)} test real MNIST digits)")  # fmt: skip
+    bundle = train_bundle(
+        data, CodeConfig(k=2, r=1, encoder="concat", decoder="subtraction"),
+        base_cfg=TrainConfig(epochs=8 if quick else 60, seed=seed),
+        parity_cfg=TrainConfig(epochs=8 if quick else 150, seed=seed),
+        out=out / "bundle", progress=not quiet,
+    )  # fmt: skip
+    accuracy = accuracy_summary(bundle.manifest["metrics"])
+    console.print(accuracy_table(accuracy, "degraded-mode accuracy (mnist5k test, MLP, k=2, concat)"))
+
+    console.print(f"[bold]2/3[/] serving: coded (4 data + 2 parity instances) vs equal "
+                  f"resources (6 data instances), {rate:g} queries/s for {duration:g} s each, "
+                  f"slowdown {slowdown!r}")  # fmt: skip
+    results = run_comparison(out / "bundle", bench_cfg, progress=not quiet)
+    latency = summary(results)
+    console.print(latency_table(latency, "latency (ms), same arrivals and slowdowns"))
+
+    plot = latency_cdf({m: r.latencies_ms for m, r in results.items()}, out / "latency_cdf.png",
+                       title=f"mnist5k MLP, k=2, {rate:g} q/s, slowdown {slowdown}")  # fmt: skip
+    report = {"accuracy": accuracy, "latency_ms": latency, "bench": bench_cfg.to_dict(),
+              "bundle": str(out / "bundle"), "elapsed_s": time.perf_counter() - started}  # fmt: skip
+    _write_json(out / "results.json", report)
+    console.print(f"[bold]3/3[/] wrote {out / 'results.json'}, {plot}; bundle in {out / 'bundle'} "
+                  f"({report['elapsed_s']:.0f} s)")  # fmt: skip
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
+    dataset: Annotated[str, typer.Option(help="mnist5k, digits, mnist, fashion-mnist, cifar10, cifar100, folder.")] = "mnist5k",
+    data_dir: Annotated[Path | None, typer.Option(help="Where file-based datasets live.")] = None,
+    model: Annotated[str, typer.Option(help="mlp, lenet5, resnet18, or package.module:factory.")] = "mlp",
+    k: Annotated[int, typer.Option(help="Data queries per coding group.")] = 2,
+    r: Annotated[int, typer.Option(help="Parity queries per coding group.")] = 1,
+    encoder: str = "concat",
+    decoder: str = "subtraction",
+    epochs: Annotated[int, typer.Option(help="Base model epochs.")] = 60,
+    parity_epochs: int = 150,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    augment: bool = True,
+    seed: int = 0,
+    resume: Annotated[bool, typer.Option(help="Continue parity training from OUT/checkpoint.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train F and its parity model(s); write a coded model bundle."""
+    from learncc.codes import CodeConfig
+    from learncc.data import load_dataset
+    from learncc.training import TrainConfig
+    from learncc.training.pipeline import train_bundle
+
+    _setup_logging(quiet)
+    data = load_dataset(dataset, data_dir=data_dir, seed=seed)
+    code = CodeConfig(k=k, r=r, encoder=encoder, decoder=decoder)
+    base_state = None
+    if resume and (out / "checkpoint" / "base.safetensors").exists():
+        from safetensors.torch import load_file
+
+        base_state = load_file(str(out / "checkpoint" / "base.safetensors"))
+    cfg = dict(batch_size=batch_size, lr=lr, augment=augment, seed=seed)
+    bundle = train_bundle(
+        data, code, model=model,
+        base_cfg=TrainConfig(epochs=epochs, **cfg), parity_cfg=TrainConfig(epochs=parity_epochs, **cfg),
+        out=out, base_state=base_state, checkpoint_dir=out / "checkpoint", resume=resume,
+        progress=not quiet,
+    )  # fmt: skip
+    console.print(accuracy_table(accuracy_summary(bundle.manifest["metrics"]),
+                                 f"{dataset} test, {model}, k={k}, r={r}, {encoder}/{decoder}"))  # fmt: skip
+    console.print(f"bundle written to {out}")
+
+
+@app.command("eval")
+def evaluate(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    data_dir: Path | None = None,
+    rounds: int = 3,
+    quiet: Quiet = False,
+) -> None:
+    """Re-evaluate a bundle's degraded-mode accuracy on its test split."""
+    from learncc.bundle import load_bundle
+    from learncc.data import load_dataset
+    from learncc.training import evaluate_code
+
+    _setup_logging(quiet)
+    b = load_bundle(bundle)
+    spec = b.manifest["data"]
+    data = load_dataset(spec["name"], data_dir=data_dir, seed=int(spec["seed"]))
+    metrics = evaluate_code(b.base, b.parity, b.encoder, b.decoder, data.test, rounds=rounds)
+    console.print(accuracy_table(accuracy_summary(metrics), f"{bundle} on {spec['name']} test"))
+    console.print_json(json.dumps(accuracy_summary(metrics)))
+
+
+@app.command()
+def bench(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    out: Annotated[Path, typer.Option(help="Directory for results.json and the CDF plot.")] = Path("runs/bench"),
+    modes: Annotated[str, typer.Option(help="Comma-separated: coded, equal, none.")] = "coded,equal",
+    rate: Annotated[float, typer.Option(help="Offered load, queries/s.")] = 300.0,
+    duration: Annotated[float, typer.Option(help="Seconds of load per mode.")] = 30.0,
+    warmup: float = 3.0,
+    slowdown: Annotated[str, typer.Option(help="none, episodes, heavy, jitter, fail-one, crash-one.")] = "episodes",
+    m: Annotated[int, typer.Option(help="Data instances of the coded deployment.")] = 4,
+    service_ms: Annotated[float, typer.Option(help="Least service time of one batch (emulates a larger model).")] = 5.0,
+    seed: int = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Compare serving modes at equal resources on one arrival trace and slowdown schedule."""
+    from learncc.bench.plots import latency_cdf
+    from learncc.bench.run import BenchConfig, run_comparison, summary
+
+    _setup_logging(quiet)
+    cfg = BenchConfig(modes=_csv(modes), rate_qps=rate, duration_s=duration, warmup_s=warmup,
+                      slowdown=slowdown, m=m, service_ms=service_ms, seed=seed)  # fmt: skip
+    results = run_comparison(bundle, cfg, progress=not quiet)
+    latency = summary(results)
+    console.print(latency_table(latency, f"latency (ms), {rate:g} q/s, slowdown {slowdown!r}"))
+    latency_cdf({k: v.latencies_ms for k, v in results.items()}, out / "latency_cdf.png",
+                title=f"{bundle.name}: {rate:g} q/s, slowdown {slowdown}")  # fmt: skip
+    _write_json(out / "results.json", {"latency_ms": latency, "bench": cfg.to_dict()})
+    console.print(f"wrote {out / 'results.json'} and {out / 'latency_cdf.png'}")
+
+
+@app.command()
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
+    host: Annotated[str, typer.Option(help="Bind address; only this machine can connect by default.")] = "127.0.0.1",
+    port: int = 8000,
+    mode: Annotated[str, typer.Option(help="coded, equal or none.")] = "coded",
+    m: Annotated[int, typer.Option(help="Data instances.")] = 4,
+    service_ms: float = 0.0,
+    query_timeout: float = 10.0,
+    quiet: Quiet = False,
+) -> None:
+    """Serve a bundle over HTTP (POST /infer) with local instance processes."""
+    from learncc.serving.deploy import deployment
+    from learncc.serving.http import serve_http
+
+    _setup_logging(quiet)
+    frontend, shape = deployment(bundle, mode, m=m, service_ms=service_ms,
+                                 query_timeout_s=query_timeout)  # fmt: skip
+    info = {"mode": mode, "data_instances": shape.data_instances,
+            "parity_instances": shape.parity_instances, "bundle": str(bundle)}  # fmt: skip
+    console.print(f"serving {bundle} ({mode}: {shape.data_instances} data + "
+                  f"{shape.parity_instances} parity instances) on http://{host}:{port}")  # fmt: skip
+    try:
+        asyncio.run(serve_http(frontend, host=host, port=port, info=info))
+    except KeyboardInterrupt:
+        pass
+    except OSError as e:
+        raise ConfigError(f"cannot serve on {host}:{port}: {e}") from None
+
+
+def main() -> None:
+    try:
+        app()
+    except LearnccError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""Backends run instances; the frontend only sends queries and takes results.
+
+The coding logic lives in the frontend and never depends on the transport:
+a backend exposes numbered data and parity instances, ``send`` to put a
+query on one, and reports results and instance deaths to a ``Handler``.
+``LocalBackend`` runs each instance as a worker process on this machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from learncc.errors import BackendUnavailableError, ConfigError
+from learncc.serving import protocol as P
+
+logger = logging.getLogger(__name__)
+
+DATA, PARITY = "data", "parity"
+
+
+class Handler(Protocol):
+    def on_result(
+        self, role: str, index: int, tag: int, output: np.ndarray | None, error: str | None
+    ) -> None: ...
+
+    def on_down(self, role: str, index: int, lost: list[int]) -> None: ...
+
+
+class Backend(Protocol):
+    """What the frontend needs from a set of instances."""
+
+    counts: dict[str, int]  # instances per role
+
+    async def start(self, handler: Handler) -> None: ...
+
+    def send(self, role: str, index: int, tag: int, x: np.ndarray) -> None: ...
+
+    def alive(self, role: str, index: int) -> bool: ...
+
+    def depth(self, role: str, index: int) -> int: ...
+
+    async def configure(self, role: str, index: int, message: dict[str, Any]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(eq=False)
+class _Instance(asyncio.Protocol):
+    role: str
+    index: int
+    backend: LocalBackend
+    process: subprocess.Popen[bytes] | None = None
+    stderr_path: Path | None = None
+    transport: asyncio.Transport | None = None
+    ready: asyncio.Future[dict[str, Any]] | None = None
+    outstanding: set[int] = field(default_factory=set)
+    buffer: bytearray = field(default_factory=bytearray)
+    is_alive: bool = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        try:
+            frames = P.split_frames(self.buffer)
+        except P.FrameError as e:
+            logger.error("instance %s/%d sent a corrupt stream (%s); dropping it",
+                         self.role, self.index, e)  # fmt: skip
+            assert self.transport is not None
+            self.transport.abort()
+            return
+        handler = self.backend.handler
+        for kind, tag, payload in frames:
+            if kind == P.READY:
+                if self.ready is not None and not self.ready.done():
+                    self.ready.set_result(json.loads(payload))
+                continue
+            self.outstanding.discard(tag)
+            if kind == P.RESULT:
+                output = np.frombuffer(payload, dtype=np.float32)
+                handler.on_result(self.role, self.index, tag, output, None)
+            elif kind == P.ERROR:
+                handler.on_result(self.role, self.index, tag, None, payload.decode("utf-8", "replace"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        was_alive, self.is_alive = self.is_alive, False
+        if self.ready is not None and not self.ready.done():
+            self.ready.set_exception(BackendUnavailableError(
+                f"instance {self.role}/{self.index} exited during start: {self.stderr_tail()}"
+            ))  # fmt: skip
+        if was_alive and not self.backend.closing:
+            logger.warning("instance %s/%d is down (%d queries in flight): %s",
+                           self.role, self.index, len(self.outstanding),
+                           self.stderr_tail() or "no message")  # fmt: skip
+            lost, self.outstanding = sorted(self.outstanding), set()
+            self.backend.handler.on_down(self.role, self.index, lost)
+
+    def stderr_tail(self) -> str:
+        if self.stderr_path is None or not self.stderr_path.exists():
+            return ""
+        return self.stderr_path.read_text(errors="replace")[-2000:].strip()
+
+
+class LocalBackend:
+    """Instances as worker processes on this machine, over Unix socketpairs.
+
+    Args:
+        bundle: path of the coded model bundle every instance loads.
+        data_instances: instances running F.
+        parity_instances: instances running parity models; instance i runs
+            parity model ``i % r``.
+        service_ms: each batch takes at least this long. Our MLP computes in
+            tens of microseconds, far below the milliseconds of a served
+            network; the floor emulates a larger model without burning CPU
+            (it sleeps), so that two cores can host many instances. Slowdowns
+            multiply the resulting service time.
+        max_batch: most queued queries an instance serves in one batch.
+        start_timeout_s: how long instances may take to load.
+    """
+
+    def __init__(
+        self,
+        bundle: str | Path,
+        *,
+        data_instances: int,
+        parity_instances: int = 0,
+        service_ms: float = 0.0,
+        max_batch: int = 1,
+        start_timeout_s: float = 120.0,
+    ) -> None:
+        if data_instances < 1 or parity_instances < 0:
+            raise ConfigError(
+                f"need >= 1 data instance and >= 0 parity instances, "
+                f"got {data_instances} and {parity_instances}"
+            )
+        if max_batch < 1:
+            raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
+        self.bundle = str(Path(bundle).resolve())
+        self.counts = {DATA: data_instances, PARITY: parity_instances}
+        self.service_ms, self.max_batch = service_ms, max_batch
+        self.start_timeout_s = start_timeout_s
+        self.instances: dict[tuple[str, int], _Instance] = {}
+        self.closing = False
+        self._logdir: tempfile.TemporaryDirectory[str] | None = None
+
+    async def start(self, handler: Handler) -> None:
+        """Start every instance and wait until all have loaded their model.
+
+        Raises:
+            BackendUnavailableError: an instance failed to start in time.
+        """
+        self.handler = handler
+        self._logdir = tempfile.TemporaryDirectory(prefix="learncc-instances-")
+        starts = [self._spawn(role, i) for role, n in self.counts.items() for i in range(n)]
+        try:
+            await asyncio.wait_for(asyncio.gather(*starts), self.start_timeout_s)
+        except (TimeoutError, BackendUnavailableError) as e:
+            await self.close()
+            if isinstance(e, BackendUnavailableError):
+                raise
+            raise BackendUnavailableError(
+                f"instances did not load within {self.start_timeout_s:g} s"
+            ) from None
+        logger.info("local backend up: %d data + %d parity instances",
+                    self.counts[DATA], self.counts[PARITY])  # fmt: skip
+
+    async def _spawn(self, role: str, index: int) -> None:
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        spec = {"bundle": self.bundle, "role": role, "service_ms": self.service_ms,
+                "max_batch": self.max_batch, "index": index}  # fmt: skip
+        if role == PARITY:
+            spec["index"] = index % max(1, self._parity_models())
+        assert self._logdir is not None
+        inst = _Instance(role, index, self)
+        inst.stderr_path = Path(self._logdir.name) / f"{role}-{index}.log"
+        inst.ready = loop.create_future()
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        with open(inst.stderr_path, "wb") as err:
+            inst.process = subprocess.Popen(
+                [sys.executable, "-m", "learncc.serving.worker",
+                 "--fd", str(theirs.fileno()), "--spec", json.dumps(spec)],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=err, env=env,
+            )  # fmt: skip
+        theirs.close()
+        self.instances[(role, index)] = inst
+        await loop.create_unix_connection(lambda: inst, sock=ours)
+        await inst.ready
+        inst.is_alive = True
+
+    def _parity_models(self) -> int:
+        from learncc.bundle import MANIFEST
+
+        manifest = json.loads((Path(self.bundle) / MANIFEST).read_text())
+        return int(manifest["parity"]["count"])
+
+    def send(self, role: str, index: int, tag: int, x: np.ndarray) -> None:
+        inst = self.instances[(role, index)]
+        if not inst.is_alive or inst.transport is None:
+            raise BackendUnavailableError(f"instance {role}/{index} is down")
+        inst.outstanding.add(tag)
+        inst.transport.write(P.frame(P.INFER, tag, np.ascontiguousarray(x, np.float32).tobytes()))
+
+    def alive(self, role: str, index: int) -> bool:
+        inst = self.instances.get((role, index))
+        return inst is not None and inst.is_alive
+
+    def depth(self, role: str, index: int) -> int:
+        return len(self.instances[(role, index)].outstanding)
+
+    def pid(self, role: str, index: int) -> int | None:
+        proc = self.instances[(role, index)].process
+        return None if proc is None else proc.pid
+
+    async def configure(self, role: str, index: int, message: dict[str, Any]) -> None:
+        inst = self.instances[(role, index)]
+        if inst.is_alive and inst.transport is not None:
+            inst.transport.write(P.control(0, message))
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Stop every instance: ask politely, then kill after ``timeout_s``."""
+        self.closing = True
+        for inst in self.instances.values():
+            if inst.transport is not None:
+                inst.transport.close()
+        deadline = time.monotonic() + timeout_s
+        for inst in self.instances.values():
+            proc = inst.process
+            if proc is None:
+                continue
+            while proc.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if self._logdir is not None:
+            self._logdir.cleanup()
+            self._logdir = None

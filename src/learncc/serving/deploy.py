@@ -1,0 +1,94 @@
+"""Deployments at equal resources: how many instances each mode gets.
+
+With m data instances for the ordinary load and a code of k, r:
+
+- ``none``: m data instances, no redundancy;
+- ``equal``: m + r * m / k data instances, the same resources as ``coded``
+  spent on more plain instances;
+- ``coded``: m data instances and r * m / k parity instances.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from learncc.bundle import Bundle, load_bundle
+from learncc.errors import ConfigError, UnknownNameError
+from learncc.serving.backend import LocalBackend
+from learncc.serving.frontend import Coding, Frontend
+
+MODES = ("none", "equal", "coded")
+
+
+@dataclass(frozen=True)
+class Deployment:
+    mode: str
+    data_instances: int
+    parity_instances: int
+
+    @property
+    def instances(self) -> int:
+        return self.data_instances + self.parity_instances
+
+
+def plan(mode: str, *, m: int, k: int, r: int) -> Deployment:
+    """Instance counts of ``mode`` for m data instances and a (k, r) code."""
+    if mode not in MODES:
+        raise UnknownNameError("mode", mode, list(MODES))
+    if m < k:
+        raise ConfigError(f"m={m} data instances cannot hold a coding group of k={k}")
+    parity = max(r, math.ceil(r * m / k))
+    if mode == "none":
+        return Deployment(mode, m, 0)
+    if mode == "equal":
+        return Deployment(mode, m + parity, 0)
+    return Deployment(mode, m, parity)
+
+
+def coding_from_bundle(bundle: Bundle) -> Coding:
+    return Coding(
+        encoder=bundle.encoder,
+        decoder=bundle.decoder,
+        fill_input=bundle.fill_input.numpy(),
+        fill_output=bundle.fill_output.numpy(),
+    )
+
+
+def deployment(
+    bundle: str | Path | Bundle,
+    mode: str,
+    *,
+    m: int,
+    service_ms: float = 0.0,
+    max_batch: int = 1,
+    flush_timeout_s: float = 0.005,
+    query_timeout_s: float = 10.0,
+) -> tuple[Frontend, Deployment]:
+    """A frontend over a local backend for ``mode``; call ``start()`` on it.
+
+    Raises:
+        BundleError: the bundle cannot be loaded.
+        ConfigError: m is too small for the bundle's code.
+    """
+    loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    if loaded.path is None:
+        raise ConfigError("the bundle must be saved to a directory for instances to load it")
+    code = loaded.code
+    shape = plan(mode, m=m, k=code.k, r=code.r)
+    backend = LocalBackend(
+        loaded.path,
+        data_instances=shape.data_instances,
+        parity_instances=shape.parity_instances,
+        service_ms=service_ms,
+        max_batch=max_batch,
+    )
+    frontend = Frontend(
+        backend,
+        input_shape=loaded.input_shape,
+        coding=coding_from_bundle(loaded) if mode == "coded" else None,
+        flush_timeout_s=flush_timeout_s,
+        query_timeout_s=query_timeout_s,
+    )
+    return frontend, shape

@@ -1,0 +1,125 @@
+"""An instance: one process running one model (F or a parity model).
+
+Started by the local backend with one end of a socketpair as ``--fd``. It
+loads its model from the bundle, says READY, then serves INFER frames in
+arrival order, up to ``max_batch`` at a time. Each batch's service time is
+the model's compute time, raised to ``service_ms`` when shorter (see
+``LocalBackend``), multiplied by the slowdown schedule's factor, plus jitter.
+
+Run as ``python -m learncc.serving.worker --fd N --spec JSON``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from learncc.serving import protocol as P
+from learncc.serving.slowdown import Schedule
+
+
+def load_model(spec: dict[str, Any]) -> tuple[Any, tuple[int, ...]]:
+    """Return (callable on a float32 batch, input shape)."""
+    import torch
+
+    from learncc.bundle import load_bundle
+
+    torch.set_num_threads(1)
+    bundle = load_bundle(spec["bundle"])
+    model = bundle.base if spec["role"] == "data" else bundle.parity[spec["index"]]
+
+    @torch.inference_mode()
+    def run(batch: np.ndarray) -> np.ndarray:
+        return model(torch.from_numpy(batch)).numpy().astype(np.float32, copy=False)
+
+    return run, bundle.input_shape
+
+
+def serve(sock: socket.socket, spec: dict[str, Any]) -> None:
+    run, input_shape = load_model(spec)
+    item_bytes = int(np.prod(input_shape)) * 4
+    service_s = float(spec.get("service_ms", 0.0)) / 1000
+    max_batch = int(spec.get("max_batch", 1))
+    schedule = Schedule({}, time.monotonic())
+    sock.sendall(P.frame(P.READY, 0, json.dumps({"pid": os.getpid()}).encode()))
+
+    buffer = bytearray()
+    queue: deque[tuple[int, bytes]] = deque()
+    while True:
+        # block only when there is nothing queued; otherwise take what has arrived
+        sock.setblocking(not queue)
+        try:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                return  # the frontend closed its end
+            buffer += chunk
+        except BlockingIOError:
+            pass
+        for kind, tag, payload in P.split_frames(buffer):
+            if kind == P.INFER:
+                queue.append((tag, payload))
+            elif kind == P.CONTROL:
+                message = json.loads(payload)
+                if message.get("stop"):
+                    return
+                if "schedule" in message:
+                    schedule = Schedule(message["schedule"], float(message["t0"]))
+        if not queue:
+            continue
+
+        start = time.monotonic()
+        if schedule.failed(start):
+            if schedule.fail_mode == "crash":
+                os._exit(17)
+            while True:  # hang: hold the queries, answer nothing, until killed
+                time.sleep(3600)
+
+        batch = [queue.popleft() for _ in range(min(max_batch, len(queue)))]
+        good = [(tag, p) for tag, p in batch if len(p) == item_bytes]
+        replies = [
+            P.frame(P.ERROR, tag, f"expected {item_bytes} bytes, got {len(p)}".encode())
+            for tag, p in batch
+            if len(p) != item_bytes
+        ]
+        if good:
+            x = np.frombuffer(b"".join(p for _, p in good), dtype=np.float32)
+            out = run(x.reshape(len(good), *input_shape))
+            replies += [P.frame(P.RESULT, tag, out[i].tobytes()) for i, (tag, _) in enumerate(good)]
+
+        # emulate the service time: at least service_s, stretched while slow
+        busy = max(time.monotonic() - start, service_s)
+        delay = busy * schedule.slow_factor(start) + schedule.jitter()
+        remaining = start + delay - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
+        sock.setblocking(True)
+        sock.sendall(b"".join(replies))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--spec", required=True)
+    args = parser.parse_args(argv)
+    sock = socket.socket(fileno=args.fd)
+    try:
+        serve(sock, json.loads(args.spec))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the frontend went away; nothing left to answer
+    except Exception as e:  # report why we died; the frontend logs our stderr
+        print(f"learncc instance failed: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Training of parity models (and of learned encoders and decoders).
+
+F is frozen. Each epoch re-draws the coding groups from the (augmented)
+training split, so the parity model sees new combinations every epoch.
+Two losses:
+
+- ``parity-mse`` (ParM): MSE between the parity model's output on the
+  encoded group and ``decoder.parity_target`` of F's outputs (the sum, for
+  the subtraction decoder).
+- ``decode-mse`` / ``decode-kl`` / ``decode-ce``: erase a random pattern of
+  up to r data slots, decode, and score the rebuilt outputs against F's
+  outputs (MSE, or KL divergence of the softmaxes) or the true labels
+  (cross-entropy). Needed when the encoder or decoder has parameters.
+
+The best epoch by validation reconstruction top-1 is kept. With
+``checkpoint_dir`` every epoch is saved; ``resume=True`` continues from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from learncc.codes import Decoder, Encoder
+from learncc.data import Dataset
+from learncc.errors import ConfigError
+from learncc.training.augment import random_affine
+from learncc.training.base import TrainConfig, one_cycle
+from learncc.training.checkpoint import load_checkpoint, save_checkpoint
+from learncc.training.evaluate import evaluate_code, make_groups
+
+logger = logging.getLogger(__name__)
+
+LOSSES = ("parity-mse", "decode-mse", "decode-kl", "decode-ce")
+
+
+def _random_erasures(groups: int, k: int, r: int, gen: torch.Generator) -> Tensor:
+    """Availability ``(G, k + r)``: 1..r data slots erased per group, parities kept."""
+    available = torch.ones(groups, k + r, dtype=torch.bool)
+    count = torch.randint(1, r + 1, (groups,), generator=gen)
+    scores = torch.rand(groups, k, generator=gen)
+    ranks = scores.argsort(dim=1).argsort(dim=1)  # a random permutation per row
+    available[:, :k] = ranks >= count.unsqueeze(1)
+    return available
+
+
+def code_loss(
+    loss: str,
+    decoder: Decoder,
+    f_out: Tensor,
+    p_out: Tensor,
+    labels: Tensor,
+    gen: torch.Generator,
+) -> Tensor:
+    """The training loss for one batch of groups.
+
+    Args:
+        f_out: F's outputs ``(G, k, out)``, no gradient.
+        p_out: parity outputs ``(G, r, out)``.
+        labels: true labels ``(G, k)``.
+    """
+    if loss == "parity-mse":
+        return F.mse_loss(p_out, decoder.parity_target(f_out))
+    available = _random_erasures(f_out.shape[0], decoder.k, decoder.r, gen)
+    rebuilt = decoder(f_out, p_out, available)  # (G, k, out)
+    erased = ~available[:, : decoder.k]
+    got, want = rebuilt[erased], f_out[erased]  # (E, out)
+    if loss == "decode-mse":
+        return F.mse_loss(got, want)
+    if loss == "decode-kl":
+        return F.kl_div(
+            F.log_softmax(got, -1), F.log_softmax(want, -1), log_target=True,
+            reduction="batchmean",
+        )  # fmt: skip
+    return F.cross_entropy(got, labels[erased])
+
+
+def train_parity(
+    base: nn.Module,
+    encoder: Encoder,
+    decoder: Decoder,
+    parity_models: Sequence[nn.Module],
+    data: Dataset,
+    cfg: TrainConfig,
+    *,
+    loss: str = "parity-mse",
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the parity models (and any encoder/decoder parameters) in place.
+
+    Args:
+        base: F; its parameters are frozen here.
+        parity_models: r modules, parity model j computes on parity query j.
+            Pass F itself (frozen) to train only a learned encoder/decoder.
+        loss: one of ``LOSSES``.
+
+    Returns:
+        Metrics of the best epoch: ``val_reconstruction_top1``, ``best_epoch``,
+        ``epochs_run``.
+
+    Raises:
+        ConfigError: unknown loss, wrong number of parity models, or nothing
+            to train.
+    """
+    if loss not in LOSSES:
+        raise ConfigError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    if len(parity_models) != decoder.r:
+        raise ConfigError(f"need r={decoder.r} parity models, got {len(parity_models)}")
+    base.requires_grad_(False).eval()
+    trained = nn.ModuleDict(
+        {"parity": nn.ModuleList(parity_models), "encoder": encoder, "decoder": decoder}
+    )
+    params = [p for p in trained.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("nothing to train: the parity models, encoder and decoder are all frozen")
+    k, r = decoder.k, decoder.r
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    x, y = torch.from_numpy(data.train.x), torch.from_numpy(data.train.y)
+    steps = -(-(len(y) // k) // cfg.batch_size)
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    start, best = 0, {"val": -1.0, "epoch": -1, "state": copy.deepcopy(trained.state_dict())}
+    if resume and checkpoint_dir is not None and (checkpoint_dir / "meta.json").exists():
+        states, meta = load_checkpoint(checkpoint_dir, optimizer)
+        trained.load_state_dict(states["current"])
+        gen.set_state(states["rng"]["generator"])
+        start = meta["epoch"] + 1
+        best = {"val": meta["best_val"], "epoch": meta["best_epoch"], "state": states["best"]}
+        logger.info("resuming parity training at epoch %d of %d", start, cfg.epochs)
+    schedule = one_cycle(optimizer, cfg, steps)
+    if start:
+        # Rebuild the schedule at the step where the checkpoint stopped.
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
+            last_epoch=start * steps - 1,
+        )  # fmt: skip
+
+    bar = tqdm(range(start, cfg.epochs), desc=f"train parity (k={k}, r={r})",
+               unit="epoch", disable=not progress, initial=start, total=cfg.epochs)  # fmt: skip
+    for epoch in bar:
+        trained.train()
+        groups = make_groups(len(y), k, gen)  # new coding groups every epoch
+        for i in range(0, len(groups), cfg.batch_size):
+            g = groups[i : i + cfg.batch_size]  # (G, k)
+            xb = x[g.flatten()]
+            if cfg.augment:
+                xb = random_affine(xb, generator=gen)
+
+            # F's outputs on the group: the targets
+            with torch.no_grad():
+                f_out = base(xb).view(len(g), k, -1)  # (G, k, out)
+
+            # encode the coding group and run parity model j on parity query j
+            queries = encoder(xb.view(len(g), k, *xb.shape[1:]))  # (G, r, *in)
+            p_out = torch.stack(
+                [m(queries[:, j]) for j, m in enumerate(trained["parity"])], dim=1
+            )  # (G, r, out)
+
+            batch_loss = code_loss(loss, decoder, f_out, p_out, y[g], gen)
+            optimizer.zero_grad(set_to_none=True)
+            batch_loss.backward()
+            optimizer.step()
+            schedule.step()
+
+        # keep the best epoch by validation reconstruction accuracy
+        trained.eval()
+        val = evaluate_code(base, list(trained["parity"]), encoder, decoder, data.val,
+                            rounds=1, seed=cfg.seed)["reconstruction_top1"]  # fmt: skip
+        if val > best["val"]:
+            best = {"val": val, "epoch": epoch, "state": copy.deepcopy(trained.state_dict())}
+        bar.set_postfix(loss=f"{batch_loss.item():.4f}", val_rec_top1=f"{val:.3f}")
+        if checkpoint_dir is not None:
+            save_checkpoint(
+                checkpoint_dir,
+                states={"current": trained.state_dict(), "best": best["state"],
+                        "rng": {"generator": gen.get_state()}},
+                optimizer=optimizer,
+                meta={"epoch": epoch, "best_val": best["val"], "best_epoch": best["epoch"]},
+            )  # fmt: skip
+
+    trained.load_state_dict(best["state"])
+    trained.eval()
+    logger.info("parity model: best epoch %d, val reconstruction top-1 %.4f",
+                best["epoch"], best["val"])  # fmt: skip
+    return {"val_reconstruction_top1": best["val"], "best_epoch": best["epoch"],
+            "epochs_run": cfg.epochs - start}  # fmt: skip
