@@ -5,14 +5,19 @@ A bundle is a directory:
 - ``manifest.json``: model names and options, input shape, normalization,
   the code (k, r, encoder, decoder), the data split, training settings and
   metrics;
-- ``base.safetensors``: F's weights;
+- ``base.safetensors``: F's weights, for a torch F; a black-box F
+  (``learncc.models.blackbox``) has no weights file: its manifest entry has
+  a ``kind`` (``onnx``, ``sklearn``, ``callable``) and an ONNX graph lives in
+  ``base.onnx``;
 - ``parity.safetensors``: the r parity models' weights (prefix ``<j>.``);
 - ``code.safetensors``: parameters of learned encoders/decoders and the fill
   query used to complete partial coding groups, with F's output on it.
 
 File names are fixed, never read from the manifest, so a manifest cannot
-point outside its directory; weights load only through safetensors, so
-loading never unpickles anything.
+point outside its directory; weights load only through safetensors and ONNX
+graphs through ONNX Runtime, so loading never unpickles anything. (A
+``callable`` F is imported by the module path its manifest names: load only
+bundles whose named modules you would import yourself.)
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from torch import nn
 from learncc.codes import CodeConfig, Decoder, Encoder, make_code
 from learncc.errors import BundleError, LearnccError
 from learncc.models import Normalized, build_model
+from learncc.models.blackbox import BlackBoxModel, is_blackbox_spec, load_blackbox
 
 FORMAT = "learncc-bundle"
 VERSION = 1
@@ -39,7 +45,8 @@ BASE, PARITY, CODE = "base.safetensors", "parity.safetensors", "code.safetensors
 
 @dataclass
 class Bundle:
-    """A loaded bundle. ``base`` and ``parity`` include input normalization."""
+    """A loaded bundle. ``base`` and ``parity`` include input normalization
+    (a black-box ``base`` takes its inputs as they come)."""
 
     path: Path | None
     manifest: dict[str, Any]
@@ -93,7 +100,11 @@ def save_bundle(path: str | Path, bundle: Bundle) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     manifest = {**bundle.manifest, "format": FORMAT, "version": VERSION}
     manifest["code"] = bundle.code.to_dict()
-    save_file(_contiguous(bundle.base.state_dict()), str(path / BASE))
+    if isinstance(bundle.base, BlackBoxModel):
+        manifest["base"] = bundle.base.spec()
+        bundle.base.save(path)
+    else:
+        save_file(_contiguous(bundle.base.state_dict()), str(path / BASE))
     parity: dict[str, torch.Tensor] = {}
     for j, model in enumerate(bundle.parity):
         parity.update({f"{j}.{n}": t for n, t in model.state_dict().items()})
@@ -124,7 +135,9 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], what: str) ->
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise BundleError(f"{what} weights do not fit the manifest's model: {e}") from None
+        raise BundleError(
+            f"{what} weights do not fit the manifest's model: {e}"
+        ) from None
 
 
 def load_bundle(path: str | Path) -> Bundle:
@@ -133,7 +146,8 @@ def load_bundle(path: str | Path) -> Bundle:
     Raises:
         BundleError: the directory, its manifest or a weights file is missing,
             corrupt, of another format version, or does not match the models
-            the manifest names.
+            the manifest names; or a black-box F cannot be rebuilt, or no
+            longer gives the output stored for the fill query.
     """
     path = Path(path)
     manifest_path = path / MANIFEST
@@ -153,20 +167,32 @@ def load_bundle(path: str | Path) -> Bundle:
             f"bundle format version {manifest.get('version')!r} is not supported "
             f"(this learncc reads version {VERSION})"
         )
+    blackbox = isinstance(manifest.get("base"), dict) and is_blackbox_spec(
+        manifest["base"]
+    )
     try:
-        base = build_from_spec(manifest["base"])
+        base = (
+            load_blackbox(manifest["base"], path)
+            if blackbox
+            else build_from_spec(manifest["base"])
+        )
         parity_spec = manifest["parity"]
-        parity = [build_from_spec(parity_spec) for _ in range(int(parity_spec["count"]))]
+        parity = [
+            build_from_spec(parity_spec) for _ in range(int(parity_spec["count"]))
+        ]
         code = CodeConfig.from_dict(manifest["code"])
         encoder, decoder = make_code(code, tuple(manifest["base"]["input_shape"]))
     except KeyError as e:
         raise BundleError(f"{manifest_path} lacks the entry {e}") from None
+    except BundleError:
+        raise
     except LearnccError as e:
         raise BundleError(f"{manifest_path} names something unusable: {e}") from None
     if len(parity) != code.r:
         raise BundleError(f"manifest has {len(parity)} parity models for r={code.r}")
 
-    _load_state(base, _read_tensors(path / BASE), "base model")
+    if not blackbox:
+        _load_state(base, _read_tensors(path / BASE), "base model")
     tensors = _read_tensors(path / PARITY)
     for j, model in enumerate(parity):
         prefix = f"{j}."
@@ -181,6 +207,8 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(f"{path / CODE} lacks the fill query")
     for m in (base, *parity, encoder, decoder):
         m.eval()
+    if blackbox:
+        _check_fill(base, code_tensors["fill.input"], code_tensors["fill.output"])
     return Bundle(
         path=path,
         manifest=manifest,
@@ -191,3 +219,32 @@ def load_bundle(path: str | Path) -> Bundle:
         fill_input=code_tensors["fill.input"],
         fill_output=code_tensors["fill.output"],
     )
+
+
+def _check_fill(
+    base: nn.Module, fill_input: torch.Tensor, fill_output: torch.Tensor
+) -> None:
+    """A black-box F must still answer the fill query as it did at training.
+
+    The decoder subtracts the stored fill output from parity outputs, and the
+    parity model learned F as it was; a callable edited since, or an ONNX
+    Runtime that computes differently, would rebuild wrong answers silently.
+    """
+    try:
+        with torch.no_grad():
+            got = base(fill_input[None])[0]
+    except LearnccError as e:
+        raise BundleError(
+            f"black-box F fails on the bundle's fill query: {e}"
+        ) from None
+    if got.shape != fill_output.shape or not torch.allclose(
+        got, fill_output, rtol=1e-4, atol=1e-5
+    ):
+        diff = (
+            (got - fill_output).abs().max() if got.shape == fill_output.shape else None
+        )
+        raise BundleError(
+            "black-box F no longer gives the output stored for the fill query "
+            f"(shape {tuple(got.shape)} vs {tuple(fill_output.shape)}, largest "
+            f"difference {diff}); F changed since the bundle was built: rebuild it"
+        )

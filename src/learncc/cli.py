@@ -55,7 +55,7 @@ def accuracy_table(metrics: dict[str, Any], title: str) -> Table:
         ("degraded (reconstructed vs true label)", metrics["degraded_top1"]),
         ("reconstruction (vs F's prediction)", metrics["reconstruction_top1"]),
     ]
-    rows += [(f"overall, {f:.0%} unavailable", v)
+    rows += [(f"overall, {float(f):.0%} unavailable", v)
              for f, v in metrics["overall_top1_at_unavailability"].items()]  # fmt: skip
     for name, value in rows:
         table.add_row(name, f"{100 * float(value):.2f}%")
@@ -239,7 +239,9 @@ def bench(
     latency_cdf({k: v.latencies_ms for k, v in results.items()}, out / "latency_cdf.png",
                 title=f"{bundle.name}: {rate:g} q/s, slowdown {slowdown}")  # fmt: skip
     _write_json(out / "results.json", {"latency_ms": latency, "bench": cfg.to_dict()})
-    console.print(f"wrote {out / 'results.json'} and {out / 'latency_cdf.png'}")
+    _write_json(out / "service_times.json", {k: v.service_ms for k, v in results.items()})
+    console.print(f"wrote {out / 'results.json'}, {out / 'service_times.json'} and "
+                  f"{out / 'latency_cdf.png'}")  # fmt: skip
 
 
 @app.command()
@@ -270,6 +272,10 @@ def serve(
         pass
     except OSError as e:
         raise ConfigError(f"cannot serve on {host}:{port}: {e}") from None
+
+
+from learncc.sim.cli import simulate  # noqa: E402
+app.command()(simulate)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ omission). Queries arriving during the warm-up are served but not counted.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -50,11 +50,11 @@ class ModeResult:
     top1: float | None  # accuracy of the answers clients got, where labels exist
     achieved_qps: float
     latencies_ms: np.ndarray  # every counted latency, for CDF plots
+    # per instance ("role/index"), measured per-batch service times in ms
+    service_ms: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        del d["latencies_ms"]
-        return d
+        return {k: v for k, v in asdict(self).items() if k not in ("latencies_ms", "service_ms")}
 
 
 async def drive(

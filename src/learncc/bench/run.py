@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,7 @@ async def run_mode(
             progress=f"{mode:>6} ({shape.instances} instances)" if progress else None,
         )  # fmt: skip
         stats = frontend.statistics()
+        result = replace(result, service_ms=await frontend.backend.service_times())
     logger.info("%s: %s", mode, stats)
     return result
 

@@ -11,16 +11,26 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from learncc.codes.addition import AdditionEncoder
-from learncc.codes.base import Decoder, Encoder
+from learncc.codes.base import Decoder, Encoder, is_differentiable
+from learncc.codes.berrut import BerrutDecoder, BerrutEncoder
 from learncc.codes.concat import ConcatenationEncoder
+from learncc.codes.learned import ConvEncoder, MLPDecoder, MLPEncoder
+from learncc.codes.linear import LinearDecoder, LinearEncoder
 from learncc.codes.subtraction import SubtractionDecoder
 from learncc.errors import ConfigError, UnknownNameError
 
 ENCODERS: dict[str, type[Encoder]] = {
     "addition": AdditionEncoder,
+    "berrut": BerrutEncoder,
     "concat": ConcatenationEncoder,
+    "conv": ConvEncoder,
+    "linear": LinearEncoder,
+    "mlp": MLPEncoder,
 }
 DECODERS: dict[str, type[Decoder]] = {
+    "berrut": BerrutDecoder,
+    "linear": LinearDecoder,
+    "mlp": MLPDecoder,
     "subtraction": SubtractionDecoder,
 }
 
@@ -66,21 +76,46 @@ def make_code(cfg: CodeConfig, input_shape: tuple[int, ...]) -> tuple[Encoder, D
         raise UnknownNameError("encoder", cfg.encoder, list(ENCODERS))
     if cfg.decoder not in DECODERS:
         raise UnknownNameError("decoder", cfg.decoder, list(DECODERS))
-    encoder = ENCODERS[cfg.encoder](
-        k=cfg.k, r=cfg.r, input_shape=tuple(input_shape), **_options(cfg, "encoder_")
-    )
-    decoder = DECODERS[cfg.decoder](k=cfg.k, r=cfg.r, **_options(cfg, "decoder_"))
+    unknown = [o for o in cfg.options if not o.startswith(("encoder_", "decoder_"))]
+    if unknown:
+        raise ConfigError(
+            f"code options must start with encoder_ or decoder_, got {sorted(unknown)}"
+        )
+    encoder = _build(ENCODERS[cfg.encoder], "encoder", cfg, _options(cfg, "encoder_"),
+                     input_shape=tuple(input_shape))  # fmt: skip
+    decoder = _build(DECODERS[cfg.decoder], "decoder", cfg, _options(cfg, "decoder_"))
     return encoder, decoder
+
+
+def _build(cls: type[Any], kind: str, cfg: CodeConfig, options: dict[str, Any],
+           **extra: Any) -> Any:  # fmt: skip
+    try:
+        return cls(k=cfg.k, r=cfg.r, **extra, **options)
+    except TypeError as e:
+        # an option the class does not take: name it and the prefix to use
+        name = getattr(cfg, kind)
+        raise ConfigError(
+            f"the {name} {kind} rejected its options "
+            f"{ {f'{kind}_{o}': v for o, v in options.items()} }: {e}"
+        ) from None
 
 
 __all__ = [
     "AdditionEncoder",
+    "BerrutDecoder",
+    "BerrutEncoder",
     "CodeConfig",
     "ConcatenationEncoder",
+    "ConvEncoder",
     "DECODERS",
     "Decoder",
     "ENCODERS",
     "Encoder",
+    "LinearDecoder",
+    "LinearEncoder",
+    "MLPDecoder",
+    "MLPEncoder",
     "SubtractionDecoder",
+    "is_differentiable",
     "make_code",
 ]

@@ -11,6 +11,13 @@ what the parity model was trained on.
 Shapes: ``B`` is the number of coding groups in a batch, ``k`` the data
 queries per group, ``r`` the parity queries per group, ``*in`` the shape of
 one query (``(C, H, W)`` for images) and ``*out`` the shape of one output.
+
+Black-box models: an ``nn.Module`` that wraps a model gradients cannot flow
+through (a remote service, a compiled engine, a non-torch library) sets the
+class or instance attribute ``differentiable = False``. Modules without the
+attribute count as differentiable. ``is_differentiable`` checks a module and
+all its submodules; training refuses to back-propagate through a module that
+fails it (a learned encoder needs gradients through the parity model).
 """
 
 from __future__ import annotations
@@ -77,7 +84,9 @@ class Decoder(nn.Module):
         """
         raise NotImplementedError
 
-    def forward(self, data_out: Tensor, parity_out: Tensor, available: Tensor) -> Tensor:
+    def forward(
+        self, data_out: Tensor, parity_out: Tensor, available: Tensor
+    ) -> Tensor:
         """Fill in the unavailable data outputs.
 
         Args:
@@ -91,16 +100,30 @@ class Decoder(nn.Module):
         raise NotImplementedError
 
 
+def is_differentiable(module: nn.Module) -> bool:
+    """Whether gradients can flow through ``module``: False when it or any
+    submodule sets ``differentiable = False`` (black-box wrappers do)."""
+    return all(
+        getattr(m, "differentiable", True) is not False for m in module.modules()
+    )
+
+
 def check_kr(k: int, r: int) -> None:
     if not isinstance(k, int) or k < 2:
-        raise ConfigError(f"k must be an integer >= 2 (queries per coding group), got {k!r}")
+        raise ConfigError(
+            f"k must be an integer >= 2 (queries per coding group), got {k!r}"
+        )
     if not isinstance(r, int) or r < 1:
-        raise ConfigError(f"r must be an integer >= 1 (parity queries per group), got {r!r}")
+        raise ConfigError(
+            f"r must be an integer >= 1 (parity queries per group), got {r!r}"
+        )
 
 
 def availability(available: Tensor | Sequence[bool], batch: int, width: int) -> Tensor:
     """Broadcast availability flags to a bool tensor of shape ``(B, width)``."""
     mask = torch.as_tensor(available, dtype=torch.bool)
     if mask.shape[-1] != width:
-        raise ConfigError(f"availability needs {width} flags (k + r), got {mask.shape[-1]}")
+        raise ConfigError(
+            f"availability needs {width} flags (k + r), got {mask.shape[-1]}"
+        )
     return mask.expand(batch, width) if mask.dim() == 1 else mask

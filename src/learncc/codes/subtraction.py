@@ -34,7 +34,9 @@ class SubtractionDecoder(Decoder):
             raise ConfigError(f"need {self.k + 1} availability flags, got {len(flags)}")
         return bool(flags[self.k]) and sum(not a for a in flags[: self.k]) <= 1
 
-    def forward(self, data_out: Tensor, parity_out: Tensor, available: Tensor) -> Tensor:
+    def forward(
+        self, data_out: Tensor, parity_out: Tensor, available: Tensor
+    ) -> Tensor:
         mask = availability(available, data_out.shape[0], self.k + 1)[:, : self.k]
         present = mask.reshape(*mask.shape, *([1] * (data_out.dim() - 2)))
         # where, not multiplication: unavailable slots may hold NaN placeholders

@@ -112,7 +112,7 @@ def load_dataset(
         DataUnavailableError: files are missing and cannot be downloaded.
     """
     # Importing the loader modules registers them.
-    from learncc.data import cifar, embedded, folder, idx  # noqa: F401
+    from learncc.data import cifar, embedded, folder, idx, tabular  # noqa: F401
 
     if name not in _LOADERS:
         raise UnknownNameError("dataset", name, list(_LOADERS))

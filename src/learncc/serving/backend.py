@@ -54,6 +54,8 @@ class Backend(Protocol):
 
     async def configure(self, role: str, index: int, message: dict[str, Any]) -> None: ...
 
+    async def service_times(self) -> dict[str, list[float]]: ...
+
     async def close(self) -> None: ...
 
 
@@ -69,6 +71,7 @@ class _Instance(asyncio.Protocol):
     outstanding: set[int] = field(default_factory=set)
     buffer: bytearray = field(default_factory=bytearray)
     is_alive: bool = False
+    stats: asyncio.Future[dict[str, Any]] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -89,6 +92,10 @@ class _Instance(asyncio.Protocol):
             if kind == P.READY:
                 if self.ready is not None and not self.ready.done():
                     self.ready.set_result(json.loads(payload))
+                continue
+            if kind == P.STATS:
+                if self.stats is not None and not self.stats.done():
+                    self.stats.set_result(json.loads(payload))
                 continue
             self.outstanding.discard(tag)
             if kind == P.RESULT:
@@ -232,6 +239,22 @@ class LocalBackend:
         inst = self.instances[(role, index)]
         if inst.is_alive and inst.transport is not None:
             inst.transport.write(P.control(0, message))
+
+    async def service_times(self, timeout_s: float = 2.0) -> dict[str, list[float]]:
+        """Each live instance's measured per-batch service times (ms), keyed
+        ``role/index``; instances that do not reply within ``timeout_s``
+        (hung, dead) are left out."""
+        loop = asyncio.get_running_loop()
+        asked = []
+        for (role, index), inst in self.instances.items():
+            if inst.is_alive and inst.transport is not None:
+                inst.stats = loop.create_future()
+                inst.transport.write(P.control(0, {"report": True}))
+                asked.append((f"{role}/{index}", inst.stats))
+        if not asked:
+            return {}
+        await asyncio.wait([f for _, f in asked], timeout=timeout_s)
+        return {key: f.result()["service_ms"] for key, f in asked if f.done() and not f.exception()}
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Stop every instance: ask politely, then kill after ``timeout_s``."""

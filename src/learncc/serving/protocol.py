@@ -24,6 +24,7 @@ RESULT = 2  # instance -> frontend: one output, float32 payload
 ERROR = 3  # instance -> frontend: the query failed; utf-8 message
 CONTROL = 4  # frontend -> instance: JSON settings (slowdown schedule, stop)
 READY = 5  # instance -> frontend: loaded and serving; JSON description
+STATS = 6  # instance -> frontend: measured service times; JSON (on CONTROL "report")
 
 
 def frame(kind: int, tag: int, payload: bytes) -> bytes:

@@ -53,6 +53,7 @@ def serve(sock: socket.socket, spec: dict[str, Any]) -> None:
 
     buffer = bytearray()
     queue: deque[tuple[int, bytes]] = deque()
+    service_ms: list[float] = []  # per batch, slowdowns included: for the simulator
     while True:
         # block only when there is nothing queued; otherwise take what has arrived
         sock.setblocking(not queue)
@@ -70,6 +71,10 @@ def serve(sock: socket.socket, spec: dict[str, Any]) -> None:
                 message = json.loads(payload)
                 if message.get("stop"):
                     return
+                if message.get("report"):
+                    stats = {"service_ms": service_ms, "max_batch": max_batch}
+                    sock.setblocking(True)
+                    sock.sendall(P.frame(P.STATS, tag, json.dumps(stats).encode()))
                 if "schedule" in message:
                     schedule = Schedule(message["schedule"], float(message["t0"]))
         if not queue:
@@ -100,6 +105,7 @@ def serve(sock: socket.socket, spec: dict[str, Any]) -> None:
         remaining = start + delay - time.monotonic()
         if remaining > 0:
             time.sleep(remaining)
+        service_ms.append((time.monotonic() - start) * 1000)
         sock.setblocking(True)
         sock.sendall(b"".join(replies))
 

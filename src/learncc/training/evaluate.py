@@ -75,7 +75,8 @@ def evaluate_code(
         max_erasures: most data slots erased at once; defaults to ``decoder.r``.
 
     Returns:
-        ``base_top1``, ``base_top5``, ``degraded_top1``, ``degraded_top5``,
+        ``base_top1`` (also as ``available_top1``: F's accuracy when every
+        prediction is available), ``base_top5``, ``degraded_top1``, ``degraded_top5``,
         ``reconstruction_top1``, and ``overall_top1_at_f<f>`` for each f in
         ``UNAVAILABILITY``.
     """
@@ -104,12 +105,15 @@ def evaluate_code(
 
     metrics = {
         "base_top1": float((f_pred == y).float().mean()),
+        "available_top1": float((f_pred == y).float().mean()),
         "base_top5": float(_topk_hits(f_out, y, 5).float().mean()),
         "degraded_top1": hits["deg1"] / total,
         "degraded_top5": hits["deg5"] / total,
         "reconstruction_top1": hits["rec1"] / total,
     }
-    for f, acc in overall_accuracy(metrics["base_top1"], metrics["degraded_top1"]).items():
+    for f, acc in overall_accuracy(
+        metrics["base_top1"], metrics["degraded_top1"]
+    ).items():
         metrics[f"overall_top1_at_f{f:g}"] = acc
     return metrics
 

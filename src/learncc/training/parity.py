@@ -14,6 +14,12 @@ Two losses:
 
 The best epoch by validation reconstruction top-1 is kept. With
 ``checkpoint_dir`` every epoch is saved; ``resume=True`` continues from it.
+
+To train a learned encoder and/or decoder alone, pass F itself as every
+parity model (``[base] * r``): it stays frozen, and gradients flow through
+it to the encoder. To train them jointly with parity models, pass copies of
+F. Frozen modules stay in eval mode throughout, so F's batch-norm statistics
+never drift while the code trains around it.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from learncc.codes import Decoder, Encoder
+from learncc.codes import Decoder, Encoder, is_differentiable
 from learncc.data import Dataset
 from learncc.errors import ConfigError
 from learncc.training.augment import random_affine
@@ -83,6 +89,61 @@ def code_loss(
     return F.cross_entropy(got, labels[erased])
 
 
+def _has_trainable(module: nn.Module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+def check_trainable_code(
+    base: nn.Module,
+    encoder: Encoder,
+    decoder: Decoder,
+    parity_models: Sequence[nn.Module],
+    loss: str,
+) -> None:
+    """Reject a training setup that cannot work, before any epoch runs.
+
+    Raises:
+        ConfigError: unknown loss; encoder and decoder disagree on k or r;
+            wrong number of parity models; a learned encoder or decoder with
+            the ``parity-mse`` loss; a learned encoder or trainable parity
+            model that gradients cannot flow through (``differentiable =
+            False``, see ``learncc.codes.base``).
+    """
+    if loss not in LOSSES:
+        raise ConfigError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    if (encoder.k, encoder.r) != (decoder.k, decoder.r):
+        raise ConfigError(
+            f"encoder has k={encoder.k}, r={encoder.r} but decoder has "
+            f"k={decoder.k}, r={decoder.r}; build both with make_code from one "
+            "CodeConfig"
+        )
+    if len(parity_models) != decoder.r:
+        raise ConfigError(f"need r={decoder.r} parity models, got {len(parity_models)}")
+    learned = [
+        n for n, m in (("encoder", encoder), ("decoder", decoder)) if _has_trainable(m)
+    ]
+    if learned and loss == "parity-mse":
+        raise ConfigError(
+            f"the learned {' and '.join(learned)} cannot be trained with loss "
+            "parity-mse (it scores parity outputs only); use decode-mse, decode-kl "
+            "or decode-ce"
+        )
+    for j, model in enumerate(parity_models):
+        if is_differentiable(model):
+            continue
+        if _has_trainable(model):
+            raise ConfigError(
+                f"parity model {j} is a black box (differentiable = False) and cannot "
+                "be trained; use F itself with a training-free code such as berrut"
+            )
+        if _has_trainable(encoder):
+            raise ConfigError(
+                f"a learned encoder ({type(encoder).__name__}) needs gradients through "
+                f"parity model {j}, which is a black box (differentiable = False); "
+                "use a fixed encoder (berrut, linear, concat) with a learned decoder"
+            )
+
+
 def train_parity(
     base: nn.Module,
     encoder: Encoder,
@@ -109,20 +170,21 @@ def train_parity(
         ``epochs_run``.
 
     Raises:
-        ConfigError: unknown loss, wrong number of parity models, or nothing
-            to train.
+        ConfigError: nothing to train, or any reason ``check_trainable_code``
+            gives (unknown loss, wrong number of parity models, a learned
+            code with ``parity-mse``, gradients needed through a black box).
     """
-    if loss not in LOSSES:
-        raise ConfigError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
-    if len(parity_models) != decoder.r:
-        raise ConfigError(f"need r={decoder.r} parity models, got {len(parity_models)}")
+    check_trainable_code(base, encoder, decoder, parity_models, loss)
     base.requires_grad_(False).eval()
     trained = nn.ModuleDict(
         {"parity": nn.ModuleList(parity_models), "encoder": encoder, "decoder": decoder}
     )
     params = [p for p in trained.parameters() if p.requires_grad]
+    frozen = [m for m in trained["parity"] if not _has_trainable(m)]  # e.g. F itself
     if not params:
-        raise ConfigError("nothing to train: the parity models, encoder and decoder are all frozen")
+        raise ConfigError(
+            "nothing to train: the parity models, encoder and decoder are all frozen"
+        )
     k, r = decoder.k, decoder.r
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -130,13 +192,24 @@ def train_parity(
     steps = -(-(len(y) // k) // cfg.batch_size)
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    start, best = 0, {"val": -1.0, "epoch": -1, "state": copy.deepcopy(trained.state_dict())}
-    if resume and checkpoint_dir is not None and (checkpoint_dir / "meta.json").exists():
+    start, best = (
+        0,
+        {"val": -1.0, "epoch": -1, "state": copy.deepcopy(trained.state_dict())},
+    )
+    if (
+        resume
+        and checkpoint_dir is not None
+        and (checkpoint_dir / "meta.json").exists()
+    ):
         states, meta = load_checkpoint(checkpoint_dir, optimizer)
         trained.load_state_dict(states["current"])
         gen.set_state(states["rng"]["generator"])
         start = meta["epoch"] + 1
-        best = {"val": meta["best_val"], "epoch": meta["best_epoch"], "state": states["best"]}
+        best = {
+            "val": meta["best_val"],
+            "epoch": meta["best_epoch"],
+            "state": states["best"],
+        }
         logger.info("resuming parity training at epoch %d of %d", start, cfg.epochs)
     schedule = one_cycle(optimizer, cfg, steps)
     if start:
@@ -146,15 +219,18 @@ def train_parity(
             last_epoch=start * steps - 1,
         )  # fmt: skip
 
-    bar = tqdm(range(start, cfg.epochs), desc=f"train parity (k={k}, r={r})",
-               unit="epoch", disable=not progress, initial=start, total=cfg.epochs)  # fmt: skip
+    bar = tqdm(range(start, cfg.epochs), desc=f"train code (k={k}, r={r})",
+               unit="epoch", disable=not progress, initial=start,
+               total=cfg.epochs)  # fmt: skip
     for epoch in bar:
         trained.train()
+        for module in frozen:
+            module.eval()  # no batch-norm drift or dropout in frozen F
         groups = make_groups(len(y), k, gen)  # new coding groups every epoch
         for i in range(0, len(groups), cfg.batch_size):
             g = groups[i : i + cfg.batch_size]  # (G, k)
             xb = x[g.flatten()]
-            if cfg.augment:
+            if cfg.augment and xb.dim() == 4:  # images only
                 xb = random_affine(xb, generator=gen)
 
             # F's outputs on the group: the targets
@@ -178,7 +254,11 @@ def train_parity(
         val = evaluate_code(base, list(trained["parity"]), encoder, decoder, data.val,
                             rounds=1, seed=cfg.seed)["reconstruction_top1"]  # fmt: skip
         if val > best["val"]:
-            best = {"val": val, "epoch": epoch, "state": copy.deepcopy(trained.state_dict())}
+            best = {
+                "val": val,
+                "epoch": epoch,
+                "state": copy.deepcopy(trained.state_dict()),
+            }
         bar.set_postfix(loss=f"{batch_loss.item():.4f}", val_rec_top1=f"{val:.3f}")
         if checkpoint_dir is not None:
             save_checkpoint(
@@ -186,7 +266,8 @@ def train_parity(
                 states={"current": trained.state_dict(), "best": best["state"],
                         "rng": {"generator": gen.get_state()}},
                 optimizer=optimizer,
-                meta={"epoch": epoch, "best_val": best["val"], "best_epoch": best["epoch"]},
+                meta={"epoch": epoch, "best_val": best["val"],
+                      "best_epoch": best["epoch"]},
             )  # fmt: skip
 
     trained.load_state_dict(best["state"])

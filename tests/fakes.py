@@ -1,0 +1,74 @@
+"""An in-process backend with scripted latency and failures.
+
+Instances compute a fixed linear map (so subtraction decoding is exact) and
+answer after a delay the test chooses per (role, index, tag). No processes,
+so frontend tests run in milliseconds and can assert exact values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from learncc.serving.backend import DATA, PARITY
+
+
+class FakeBackend:
+    def __init__(
+        self,
+        weights: np.ndarray,  # (out, in_flat): F(x) = W x
+        *,
+        data_instances: int,
+        parity_instances: int = 0,
+        delay_s: Callable[[str, int, int], float | None] = lambda role, i, tag: 0.001,
+    ) -> None:
+        self.weights = weights.astype(np.float32)
+        self.counts = {DATA: data_instances, PARITY: parity_instances}
+        self.delay_s = delay_s  # None: the instance never answers this query
+        self.dead: set[tuple[str, int]] = set()
+        self.sent: list[tuple[str, int, int]] = []
+        self.timers: list[asyncio.TimerHandle] = []
+        self.closed = False
+
+    async def start(self, handler: Any) -> None:
+        self.handler = handler
+        self.loop = asyncio.get_running_loop()
+
+    def send(self, role: str, index: int, tag: int, x: np.ndarray) -> None:
+        self.sent.append((role, index, tag))
+        delay = self.delay_s(role, index, tag)
+        if delay is None:
+            return
+        output = self.weights @ x.reshape(-1)
+        self.timers.append(
+            self.loop.call_later(delay, self._deliver, role, index, tag, output)
+        )
+
+    def _deliver(self, role: str, index: int, tag: int, output: np.ndarray) -> None:
+        if (role, index) not in self.dead and not self.closed:
+            self.handler.on_result(role, index, tag, output, None)
+
+    def kill(self, role: str, index: int) -> None:
+        self.dead.add((role, index))
+        lost = [t for r, i, t in self.sent if (r, i) == (role, index)]
+        self.handler.on_down(role, index, lost)
+
+    def alive(self, role: str, index: int) -> bool:
+        return (role, index) not in self.dead
+
+    def depth(self, role: str, index: int) -> int:
+        return 0
+
+    async def configure(self, role: str, index: int, message: dict[str, Any]) -> None:
+        pass
+
+    async def service_times(self) -> dict[str, list[float]]:
+        return {}
+
+    async def close(self) -> None:
+        self.closed = True
+        for timer in self.timers:
+            timer.cancel()

@@ -1,0 +1,181 @@
+"""Frontend logic over a fake backend with scripted latency: exact values."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+
+from fakes import FakeBackend
+from learncc.codes import CodeConfig, make_code
+from learncc.errors import (
+    BackendUnavailableError,
+    BadQueryError,
+    ConfigError,
+    FrontendClosedError,
+    QueryTimeoutError,
+)
+from learncc.serving import Coding, Frontend
+
+IN, OUT, K = 6, 3, 2
+W = np.random.default_rng(0).standard_normal((OUT, IN)).astype(np.float32)
+
+
+def coding(k: int = K) -> Coding:
+    # Addition code with F_P = F linear: subtraction decoding is exact.
+    enc, dec = make_code(CodeConfig(k=k, r=1, encoder="addition"), (IN,))
+    fill = np.full(IN, 0.5, np.float32)
+    return Coding(enc, dec, fill, W @ fill)
+
+
+def make(delay, *, k: int = K, data: int = 4, parity: int = 2, coded: bool = True,
+         **kw) -> tuple[Frontend, FakeBackend]:  # fmt: skip
+    backend = FakeBackend(W, data_instances=data, parity_instances=parity if coded else 0,
+                          delay_s=delay)  # fmt: skip
+    frontend = Frontend(backend, input_shape=(IN,), coding=coding(k) if coded else None, **kw)
+    return frontend, backend
+
+
+def queries(n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(1)
+    return [rng.standard_normal(IN).astype(np.float32) for _ in range(n)]
+
+
+async def test_all_fast_gives_real_answers_in_order() -> None:
+    frontend, backend = make(lambda role, i, tag: 0.001)
+    async with frontend:
+        xs = queries(8)
+        answers = await asyncio.gather(*(frontend.infer(x) for x in xs))
+    for x, a in zip(xs, answers, strict=True):
+        assert not a.reconstructed
+        np.testing.assert_allclose(a.output, W @ x, rtol=1e-6)
+    # members of a group never share an instance; 4 groups -> 4 parity queries
+    data = [(i, tag) for role, i, tag in backend.sent if role == "data"]
+    assert all(data[2 * g][0] != data[2 * g + 1][0] for g in range(4))
+    assert sum(role == "parity" for role, _, _ in backend.sent) == 4
+    assert frontend.statistics().reconstructed == 0
+
+
+async def test_straggler_is_reconstructed_exactly_and_flagged() -> None:
+    # query 1 (second member of the first group) takes 10 s; the rest 1 ms
+    frontend, _ = make(lambda role, i, tag: 10.0 if (role, tag) == ("data", 1) else 0.001)
+    async with frontend:
+        xs = queries(2)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        a0, a1 = await asyncio.gather(*(frontend.infer(x) for x in xs))
+        assert loop.time() - t0 < 1.0
+    assert not a0.reconstructed and a1.reconstructed
+    # linear F, F_P(x0 + x1) = W x0 + W x1: decoding is exact
+    np.testing.assert_allclose(a1.output, W @ xs[1], rtol=1e-4, atol=1e-5)
+    stats = frontend.statistics()
+    assert (stats.accepted, stats.answered, stats.reconstructed) == (2, 2, 1)
+
+
+async def test_late_original_is_discarded_after_reconstruction() -> None:
+    frontend, _ = make(lambda role, i, tag: 0.05 if (role, tag) == ("data", 0) else 0.001)
+    async with frontend:
+        answers = await asyncio.gather(*(frontend.infer(x) for x in queries(2)))
+        await asyncio.sleep(0.1)  # let the late original arrive
+    assert [a.reconstructed for a in answers] == [True, False]
+    assert frontend.statistics().late_discarded == 1
+
+
+async def test_partial_group_is_flushed_with_the_fill_query() -> None:
+    # one query alone: after the flush timeout its parity is F(x) + F(fill)
+    frontend, backend = make(lambda role, i, tag: None if role == "data" else 0.001,
+                             flush_timeout_s=0.01)  # fmt: skip
+    async with frontend:
+        x = queries(1)[0]
+        answer = await frontend.infer(x)
+    assert answer.reconstructed
+    np.testing.assert_allclose(answer.output, W @ x, rtol=1e-4, atol=1e-5)
+
+
+async def test_two_stragglers_with_r1_time_out_never_guess() -> None:
+    slow = {("data", 0), ("data", 1)}
+    frontend, _ = make(lambda role, i, tag: None if (role, tag) in slow else 0.001,
+                       query_timeout_s=0.2)  # fmt: skip
+    async with frontend:
+        results = await asyncio.gather(*(frontend.infer(x) for x in queries(2)),
+                                       return_exceptions=True)  # fmt: skip
+    assert all(isinstance(r, QueryTimeoutError) for r in results)
+    assert "got no answer within 0.2 s" in str(results[0])
+    stats = frontend.statistics()
+    assert (stats.timed_out, stats.reconstructed, stats.pending) == (2, 0, 0)
+
+
+async def test_dead_instance_queries_are_redispatched() -> None:
+    # instance 0 never answers; when it dies its queries go elsewhere
+    frontend, backend = make(lambda role, i, tag: None if (role, i) == ("data", 0) else 0.001,
+                             coded=False)  # fmt: skip
+    async with frontend:
+        futures = [frontend.submit(x) for x in queries(8)]
+        await asyncio.sleep(0.05)
+        backend.kill("data", 0)
+        answers = await asyncio.gather(*futures)
+        # new queries avoid the dead instance
+        await frontend.infer(queries(1)[0])
+    assert frontend.statistics().redispatched == 2
+    assert all(not a.reconstructed for a in answers)
+    assert not any(i == 0 for role, i, tag in backend.sent[-1:])
+
+
+async def test_all_instances_dead_is_an_explicit_error() -> None:
+    frontend, backend = make(lambda role, i, tag: 0.001, coded=False, data=1)
+    async with frontend:
+        backend.kill("data", 0)
+        with pytest.raises(BackendUnavailableError, match="no live data instance"):
+            await frontend.infer(queries(1)[0])
+
+
+async def test_accounting_every_query_answered_exactly_once() -> None:
+    rng = np.random.default_rng(7)
+    delays = rng.choice([0.001, 0.02, None], size=4000, p=[0.9, 0.08, 0.02])
+    frontend, _ = make(lambda role, i, tag: delays[tag % 4000], query_timeout_s=0.3)
+    async with frontend:
+        futures = [frontend.submit(x) for x in queries(1)*2000]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+    stats = frontend.statistics()
+    answered = sum(not isinstance(r, BaseException) for r in results)
+    errors = sum(isinstance(r, QueryTimeoutError) for r in results)
+    assert answered + errors == 2000 == stats.accepted
+    assert (stats.answered, stats.failed, stats.pending) == (answered, errors, 0)
+    assert stats.reconstructed > 0
+
+
+async def test_close_fails_pending_queries() -> None:
+    frontend, _ = make(lambda role, i, tag: None)
+    await frontend.start()
+    future = frontend.submit(queries(1)[0])
+    await frontend.close()
+    with pytest.raises(FrontendClosedError):
+        await future
+    with pytest.raises(FrontendClosedError):
+        frontend.submit(queries(1)[0])
+
+
+@pytest.mark.parametrize(
+    ("x", "match"),
+    [
+        (np.zeros(5, np.float32), r"shape \(5,\) does not match the model's input \(6,\)"),
+        (np.array(["a"] * 6), "not numeric"),
+        (np.full(6, np.nan, np.float32), "NaN or infinity"),
+        ([0.0] * 6, "must be a NumPy array"),
+    ],
+)
+async def test_bad_queries_are_refused_before_acceptance(x: object, match: str) -> None:
+    frontend, _ = make(lambda role, i, tag: 0.001)
+    async with frontend:
+        with pytest.raises(BadQueryError, match=match):
+            frontend.submit(x)  # type: ignore[arg-type]
+        assert frontend.statistics().accepted == 0
+
+
+def test_k_larger_than_instances_fails_at_start() -> None:
+    with pytest.raises(ConfigError, match="k=3 needs at least 3 data instances"):
+        make(lambda *a: 0.001, k=3, data=2)
+    with pytest.raises(ConfigError, match="r=1 needs at least 1 parity instances"):
+        make(lambda *a: 0.001, parity=0)
