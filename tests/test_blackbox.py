@@ -89,8 +89,8 @@ def test_sklearn_predict_proba_parity_beats_majority(cancer, cancer_bundle) -> N
     got = bundle.base(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, estimator.predict_proba(x), rtol=1e-4, atol=1e-5)
     assert metrics["base_top1"] == pytest.approx(estimator.score(x, cancer.test.y))
-    # measured 0.880 with the majority class at 0.632
-    assert majority_top1(cancer) == pytest.approx(0.632, abs=1e-3)
+    # measured 0.880 with the majority class at 0.667
+    assert majority_top1(cancer) == pytest.approx(0.667, abs=1e-3)
     assert metrics["degraded_top1"] > majority_top1(cancer) + 0.15
     assert bundle.manifest["task"] == {"metric": "top1", "higher_is_better": True}
 
@@ -125,8 +125,9 @@ def test_sklearn_decision_function_scores(cancer) -> None:
                                np.stack([-d, d], 1), rtol=1e-4, atol=1e-4)  # fmt: skip
 
     bundle = train_blackbox_bundle(f, wine, ADDITION, parity_cfg=quick(30), progress=False)
-    # three classes; the majority class is 0.389 of the test split
-    assert majority_top1(wine) == pytest.approx(0.389, abs=1e-3)
+    # three classes: chance is 1/3 (the training majority class is 0.167 of
+    # the test split); measured 0.81
+    assert majority_top1(wine) == pytest.approx(0.167, abs=1e-3)
     assert bundle.manifest["metrics"]["degraded_top1"] > 0.7
 
 

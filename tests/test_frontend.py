@@ -15,6 +15,7 @@ from learncc.errors import (
     BadQueryError,
     ConfigError,
     FrontendClosedError,
+    OverloadedError,
     QueryTimeoutError,
 )
 from learncc.serving import Coding, Frontend
@@ -179,3 +180,30 @@ def test_k_larger_than_instances_fails_at_start() -> None:
         make(lambda *a: 0.001, k=3, data=2)
     with pytest.raises(ConfigError, match="r=1 needs at least 1 parity instances"):
         make(lambda *a: 0.001, parity=0)
+
+
+async def test_overload_is_refused_at_once_and_nothing_is_lost() -> None:
+    frontend, _ = make(lambda role, i, tag: 0.05, coded=False, max_pending=4)
+    async with frontend:
+        futures = [frontend.submit(x) for x in queries(4)]
+        with pytest.raises(OverloadedError, match="4 queries pending, limit 4"):
+            frontend.submit(queries(1)[0])
+        await asyncio.gather(*futures)
+        await frontend.infer(queries(1)[0])  # room again
+    stats = frontend.statistics()
+    assert (stats.accepted, stats.answered, stats.refused) == (5, 5, 1)
+
+
+async def test_deadline_gives_the_default_answer_or_a_timeout() -> None:
+    default = np.zeros(OUT, np.float32)
+    frontend, _ = make(lambda role, i, tag: None, coded=False, default_output=default)
+    async with frontend:
+        answer = await frontend.infer(queries(1)[0], deadline_s=0.02)
+        assert answer.default and not answer.reconstructed
+        np.testing.assert_array_equal(answer.output, default)
+    frontend, _ = make(lambda role, i, tag: None, coded=False)
+    async with frontend:
+        with pytest.raises(QueryTimeoutError, match="within 0.02 s"):
+            await frontend.infer(queries(1)[0], deadline_s=0.02)
+        with pytest.raises(BadQueryError, match="deadline_s must be > 0"):
+            frontend.submit(queries(1)[0], deadline_s=0)

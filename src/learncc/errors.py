@@ -47,6 +47,17 @@ class QueryTimeoutError(LearnccError, TimeoutError):
         )
 
 
+class OverloadedError(LearnccError, RuntimeError):
+    """The frontend refused a query because its bound on pending queries is reached."""
+
+    def __init__(self, pending: int, limit: int) -> None:
+        self.pending, self.limit = pending, limit
+        super().__init__(
+            f"overloaded: {pending} queries pending, limit {limit}; retry shortly "
+            "or raise max_pending if the instances can take more"
+        )
+
+
 class FrontendClosedError(LearnccError, RuntimeError):
     """The frontend was closed (by us) before or while the query was served."""
 

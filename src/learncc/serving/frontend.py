@@ -27,8 +27,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +39,7 @@ from learncc.errors import (
     ConfigError,
     FrontendClosedError,
     LearnccError,
+    OverloadedError,
     QueryTimeoutError,
 )
 from learncc.serving.backend import DATA, PARITY, Backend
@@ -53,6 +52,7 @@ class Answer:
     output: np.ndarray  # (*out) float32
     reconstructed: bool
     query_id: int
+    default: bool = False  # the configured default answer, given at the deadline
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,8 @@ class Statistics:
     reconstructed: int
     failed: int
     timed_out: int
+    refused: int
+    defaulted: int
     late_discarded: int
     redispatched: int
     pending: int
@@ -83,6 +85,8 @@ class _Query:
     qid: int
     x: np.ndarray
     future: asyncio.Future[Answer]
+    deadline: bool = False  # the timer is the caller's deadline, not the timeout
+    wait_s: float = 0.0
     group: _Group | None = None
     slot: int = 0
     instance: int = -1
@@ -110,7 +114,12 @@ class Frontend:
         flush_timeout_s: longest a partial coding group waits for members
             before its parity query is sent.
         query_timeout_s: longest a query waits for any answer.
-        clock: monotonic time source (seconds).
+        max_pending: most accepted, unanswered queries; beyond it ``submit``
+            refuses at once with ``OverloadedError`` rather than queueing
+            without bound.
+        default_output: answer given when a query's deadline passes with no
+            real or reconstructed output (flagged ``default``); without it the
+            query fails with ``QueryTimeoutError``.
     """
 
     def __init__(
@@ -121,15 +130,19 @@ class Frontend:
         coding: Coding | None = None,
         flush_timeout_s: float = 0.005,
         query_timeout_s: float = 10.0,
-        clock: Callable[[], float] = time.monotonic,
+        max_pending: int = 100_000,
+        default_output: np.ndarray | None = None,
     ) -> None:
         if flush_timeout_s <= 0 or query_timeout_s <= 0:
             raise ConfigError("flush_timeout_s and query_timeout_s must be > 0")
+        if max_pending < 1:
+            raise ConfigError(f"max_pending must be >= 1, got {max_pending}")
         self.backend = backend
         self.coding = coding
         self.input_shape = tuple(input_shape)
         self.flush_timeout_s, self.query_timeout_s = flush_timeout_s, query_timeout_s
-        self.clock = clock
+        self.max_pending = max_pending
+        self.default_output = default_output
         n_data, n_parity = backend.counts[DATA], backend.counts[PARITY]
         if coding is not None:
             k, r = coding.decoder.k, coding.decoder.r
@@ -148,8 +161,8 @@ class Frontend:
         self._open: _Group | None = None
         self._closed = False
         self._counts = dict.fromkeys(
-            ("accepted", "answered", "reconstructed", "failed", "timed_out",
-             "late_discarded", "redispatched"), 0,
+            ("accepted", "answered", "reconstructed", "failed", "timed_out", "refused",
+             "defaulted", "late_discarded", "redispatched"), 0,
         )  # fmt: skip
 
     async def start(self) -> None:
@@ -193,25 +206,41 @@ class Frontend:
             raise BadQueryError("query holds NaN or infinity")
         return x
 
-    async def infer(self, x: np.ndarray) -> Answer:
+    async def infer(self, x: np.ndarray, *, deadline_s: float | None = None) -> Answer:
         """Serve one query.
+
+        Args:
+            deadline_s: seconds from now after which the caller wants the
+                best answer there is: the default answer if configured, else
+                ``QueryTimeoutError``. A reconstruction is always answered as
+                soon as it exists, so none is ever left waiting for a deadline.
 
         Raises:
             BadQueryError: the input is malformed (nothing was accepted).
+            OverloadedError, FrontendClosedError: refused (nothing was accepted).
             QueryTimeoutError, BackendUnavailableError, FrontendClosedError:
                 the accepted query could not be answered.
         """
-        return await self.submit(x)
+        return await self.submit(x, deadline_s=deadline_s)
 
-    def submit(self, x: np.ndarray) -> asyncio.Future[Answer]:
-        """Accept one query and return the future of its answer."""
+    def submit(self, x: np.ndarray, *, deadline_s: float | None = None) -> asyncio.Future[Answer]:
+        """Accept one query and return the future of its answer (see ``infer``)."""
         if self._closed:
             raise FrontendClosedError("the frontend is closed")
         x = self.check_input(x)
+        if deadline_s is not None and not deadline_s > 0:
+            raise BadQueryError(f"deadline_s must be > 0, got {deadline_s}")
+        if len(self._pending) >= self.max_pending:
+            self._counts["refused"] += 1
+            raise OverloadedError(len(self._pending), self.max_pending)
         query = _Query(next(self._ids), x, self._loop.create_future())
         self._pending[query.qid] = query
         self._counts["accepted"] += 1
-        query.timer = self._loop.call_later(self.query_timeout_s, self._expire, query)
+        wait_s = self.query_timeout_s
+        if deadline_s is not None and deadline_s < wait_s:
+            wait_s, query.deadline = deadline_s, True
+        query.wait_s = wait_s
+        query.timer = self._loop.call_later(wait_s, self._expire, query)
         if self.coding is not None:
             self._join_group(query)
         self._dispatch(query)
@@ -373,6 +402,11 @@ class Frontend:
             self._try_decode(query.group)
 
     def _expire(self, query: _Query) -> None:
-        if query.qid in self._pending:
-            self._counts["timed_out"] += 1
-            self._fail(query, QueryTimeoutError(query.qid, self.query_timeout_s))
+        if query.qid not in self._pending:
+            return
+        if query.deadline and self.default_output is not None:
+            self._counts["defaulted"] += 1
+            self._answer(query, Answer(self.default_output, False, query.qid, default=True))
+            return
+        self._counts["timed_out"] += 1
+        self._fail(query, QueryTimeoutError(query.qid, query.wait_s))

@@ -14,13 +14,15 @@ measured at scales one machine cannot host:
 - ``none`` (m instances) and ``equal`` (m + r m / k instances): round robin,
   no redundancy.
 - ``hedge`` (as many instances as ``equal``): a query still unanswered after
-  the running ``hedge_percentile`` latency (over the last 2,000 answers) is
-  sent to a second instance; the first answer wins.
+  the running ``hedge_percentile`` latency (over the last 2,000 answers,
+  none before the first 100) is sent to a second instance; the first answer
+  wins.
 - ``replicate`` (2 m instances): every query goes to two instances.
 - ``cheap`` (m data + m / k backup instances): every query also goes to a
   backup instance running an approximate model ``cheap_fraction`` times as
   costly; its answer is used if the original is not back by the running
-  median latency (``cheap_percentile``).
+  median latency (``cheap_percentile``; before the first 100 answers, as
+  soon as it comes first).
 
 Instances are FIFO queues serving up to ``max_batch`` queued queries per
 batch, like the real worker: a batch's service time is the service model's
@@ -311,7 +313,9 @@ class _Engine:
         self.deadline = array("d", [math.inf]) * n if mode == "cheap" else array("d")
         self.ring = np.zeros(_WINDOW)
         self.ring_n = 0
-        self.threshold_s = math.inf
+        # Until the first percentile is known, hedge never and take a backup
+        # answer whenever it comes first.
+        self.threshold_s = 0.0 if mode == "cheap" else math.inf
 
     # -- set-up -------------------------------------------------------------
 
