@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from learncc.serving.backend import DATA, PARITY
+from learncc.serving.backend import BACKUP, CANCELLED, DATA, PARITY
 
 
 class FakeBackend:
@@ -23,10 +23,16 @@ class FakeBackend:
         *,
         data_instances: int,
         parity_instances: int = 0,
+        backup_instances: int = 0,
+        backup_weights: np.ndarray | None = None,
         delay_s: Callable[[str, int, int], float | None] = lambda role, i, tag: 0.001,
     ) -> None:
         self.weights = weights.astype(np.float32)
-        self.counts = {DATA: data_instances, PARITY: parity_instances}
+        self.counts = {DATA: data_instances, PARITY: parity_instances, BACKUP: backup_instances}
+        self.backup_weights = self.weights if backup_weights is None else backup_weights
+        self.cancelled: list[tuple[str, int, int]] = []
+        self.depths: dict[tuple[str, int], int] = {}
+        self.delivered: set[tuple[str, int, int]] = set()
         self.delay_s = delay_s  # None: the instance never answers this query
         self.dead: set[tuple[str, int]] = set()
         self.sent: list[tuple[str, int, int]] = []
@@ -42,14 +48,28 @@ class FakeBackend:
         delay = self.delay_s(role, index, tag)
         if delay is None:
             return
-        output = self.weights @ x.reshape(-1)
+        weights = self.backup_weights if role == BACKUP else self.weights
+        output = weights @ x.reshape(-1)
+        self.depths[(role, index)] = self.depths.get((role, index), 0) + 1
         self.timers.append(
             self.loop.call_later(delay, self._deliver, role, index, tag, output)
         )
 
     def _deliver(self, role: str, index: int, tag: int, output: np.ndarray) -> None:
+        if (role, index, tag) in self.cancelled:
+            return
+        self.depths[(role, index)] -= 1
+        self.delivered.add((role, index, tag))
         if (role, index) not in self.dead and not self.closed:
             self.handler.on_result(role, index, tag, output, None)
+
+    def cancel(self, role: str, index: int, tag: int) -> None:
+        # a fake instance has "not started" any query it has not answered
+        if (role, index, tag) in self.delivered:
+            return
+        self.cancelled.append((role, index, tag))
+        self.depths[(role, index)] -= 1
+        self.loop.call_soon(self.handler.on_result, role, index, tag, None, CANCELLED)
 
     def kill(self, role: str, index: int) -> None:
         self.dead.add((role, index))
@@ -60,7 +80,7 @@ class FakeBackend:
         return (role, index) not in self.dead
 
     def depth(self, role: str, index: int) -> int:
-        return 0
+        return self.depths.get((role, index), 0)
 
     async def configure(self, role: str, index: int, message: dict[str, Any]) -> None:
         pass

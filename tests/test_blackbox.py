@@ -57,10 +57,12 @@ def assert_same_outputs(a, b, x: np.ndarray) -> None:
     with torch.no_grad():
         torch.testing.assert_close(a.base(xt), b.base(xt), rtol=0, atol=0)
         queries = a.encoder(xt[: len(x) // 2 * 2].view(-1, 2, *x.shape[1:]))[:, 0]
-        torch.testing.assert_close(a.parity[0](queries), b.parity[0](queries), rtol=0, atol=0)
+        torch.testing.assert_close(
+            a.parity[0](queries), b.parity[0](queries), rtol=0, atol=0
+        )
 
 
-# -- scikit-learn --------------------------------------------------------------
+# -- scikit-learn ------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -95,15 +97,24 @@ def test_sklearn_predict_proba_parity_beats_majority(cancer, cancer_bundle) -> N
     assert bundle.manifest["task"] == {"metric": "top1", "higher_is_better": True}
 
 
-def test_sklearn_bundle_round_trip_is_exact_and_pickle_free(cancer, cancer_bundle) -> None:
+def test_sklearn_bundle_round_trip_is_exact_and_pickle_free(
+    cancer, cancer_bundle
+) -> None:
     _, bundle = cancer_bundle
     files = sorted(p.name for p in bundle.path.iterdir())
-    assert files == [ONNX_FILE, "code.safetensors", "manifest.json", "parity.safetensors"]
+    assert files == [
+        ONNX_FILE,
+        "code.safetensors",
+        "manifest.json",
+        "parity.safetensors",
+    ]
     spec = json.loads((bundle.path / "manifest.json").read_text())["base"]
     assert spec["kind"] == "sklearn" and spec["output_shape"] == [2]
     assert spec["origin"]["estimator"] == "GradientBoostingClassifier"
     loaded = load_bundle(bundle.path)
-    assert isinstance(loaded.base, BlackBoxModel) and loaded.base.differentiable is False
+    assert (
+        isinstance(loaded.base, BlackBoxModel) and loaded.base.differentiable is False
+    )
     assert_same_outputs(bundle, loaded, cancer.test.x[:10])
 
 
@@ -124,7 +135,9 @@ def test_sklearn_decision_function_scores(cancer) -> None:
     np.testing.assert_allclose(g(torch.from_numpy(cancer.test.x)).numpy(),
                                np.stack([-d, d], 1), rtol=1e-4, atol=1e-4)  # fmt: skip
 
-    bundle = train_blackbox_bundle(f, wine, ADDITION, parity_cfg=quick(30), progress=False)
+    bundle = train_blackbox_bundle(
+        f, wine, ADDITION, parity_cfg=quick(30), progress=False
+    )
     # three classes: chance is 1/3 (the training majority class is 0.167 of
     # the test split); measured 0.81
     assert majority_top1(wine) == pytest.approx(0.167, abs=1e-3)
@@ -139,7 +152,9 @@ def test_sklearn_regressor_relative_error_beats_default() -> None:
     estimator = GradientBoostingRegressor(n_estimators=50, random_state=0)
     estimator.fit(data.train.x, data.train.y)
     f = from_sklearn(estimator, data.train.x[:8], method="predict")
-    bundle = train_blackbox_bundle(f, data, ADDITION, parity_cfg=quick(30), progress=False)
+    bundle = train_blackbox_bundle(
+        f, data, ADDITION, parity_cfg=quick(30), progress=False
+    )
     m = bundle.manifest["metrics"]
     assert bundle.manifest["task"]["metric"] == "relative_error"  # the default
     # reference = the true targets: F's own error, then degraded mode's
@@ -155,7 +170,7 @@ def test_sklearn_regressor_relative_error_beats_default() -> None:
     )
 
 
-# -- ONNX (the repository's own MLP, exported) ----------------------------------------
+# -- ONNX (the repository's own MLP, exported) -------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +194,10 @@ def onnx_bundle(digits: Dataset, tmp_path_factory: pytest.TempPathFactory):
             dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
         )  # fmt: skip
     f = from_onnx(path, input_shape=digits.input_shape)
-    bundle = train_blackbox_bundle(f, digits, CONCAT, parity_cfg=quick(20),
-                                   out=path.parent / "bundle", progress=False)  # fmt: skip
+    out = path.parent / "bundle"
+    bundle = train_blackbox_bundle(
+        f, digits, CONCAT, parity_cfg=quick(20), out=out, progress=False
+    )
     return model, bundle
 
 
@@ -194,8 +211,11 @@ def test_onnx_f_matches_torch_and_parity_beats_chance(digits, onnx_bundle) -> No
     # ten balanced classes: chance is 0.1; measured 0.76
     assert metrics["degraded_top1"] > 0.6
     assert bundle.manifest["base"] == {
-        "kind": "onnx", "input_shape": [1, 8, 8], "output_shape": [10], "output": "logits",
-    }  # fmt: skip
+        "kind": "onnx",
+        "input_shape": [1, 8, 8],
+        "output_shape": [10],
+        "output": "logits",
+    }
     assert_same_outputs(bundle, load_bundle(bundle.path), digits.test.x[:16])
 
 
@@ -221,9 +241,15 @@ async def test_coded_deployment_serves_onnx_f(digits, onnx_bundle) -> None:
     await frontend.start()
     try:
         # data/0 hangs: the first member of every coding group must be rebuilt
-        hang = instance_schedule(SlowdownConfig(fail_instances=(0,), fail_at_s=0.0), 0, 10, 0)
+        hang = instance_schedule(
+            SlowdownConfig(fail_instances=(0,), fail_at_s=0.0), 0, 10, 0
+        )
         await frontend.backend.configure(DATA, 0, {"schedule": hang, "t0": 0.0})
         answers = await asyncio.gather(*[frontend.submit(x) for x in xs])
+        # end the hung instance now rather than wait out close()'s grace period
+        hung = frontend.backend.instances[(DATA, 0)].process
+        hung.kill()
+        hung.wait()
     finally:
         await frontend.close()
 
@@ -241,7 +267,7 @@ async def test_coded_deployment_serves_onnx_f(digits, onnx_bundle) -> None:
             np.testing.assert_array_equal(answer.output, f[i])  # F's output, exactly
 
 
-# -- Python callables, a regression scored by IoU ------------------------------------------
+# -- Python callables, a regression scored by IoU ----------------------------
 
 
 def test_ink_box_exact_values() -> None:
@@ -249,10 +275,17 @@ def test_ink_box_exact_values() -> None:
     image[0, 0, 1:3, 2:7] = 1.0  # rows 1-2, columns 2-6
     assert ink_box(image).tolist() == [[0.25, 0.25, 0.75, 0.875], [0.0, 0.0, 0.0, 0.0]]
     a = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
-    b = torch.tensor([[0.25, 0.25, 0.75, 0.75], [0.0, 0.0, 0.0, 0.0], [0.6, 0.6, 0.4, 0.4]])
+    b = torch.tensor(
+        [[0.25, 0.25, 0.75, 0.75], [0.0, 0.0, 0.0, 0.0], [0.6, 0.6, 0.4, 0.4]]
+    )
     # overlap 1/16 over union 7/16; two empty boxes agree; an inverted box is empty
     torch.testing.assert_close(box_iou(a, b), torch.tensor([1 / 7, 1.0, 0.0]))
-    assert score("relative_error", torch.tensor([[1.0], [3.0]]), torch.tensor([[2.0], [2.0]])) == 0.5
+    assert (
+        score(
+            "relative_error", torch.tensor([[1.0], [3.0]]), torch.tensor([[2.0], [2.0]])
+        )
+        == 0.5
+    )
 
 
 @pytest.mark.slow
@@ -283,7 +316,7 @@ def test_callable_box_parity_beats_default_box(tmp_path: Path) -> None:
         load_bundle(bundle.path)
 
 
-# -- refusals ------------------------------------------------------------------------------
+# -- refusals ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -294,7 +327,9 @@ def test_callable_box_parity_beats_default_box(tmp_path: Path) -> None:
         ("numpy:ravel", r"returned shape \(30,\) for a batch of 1"),
     ],
 )
-def test_wrong_output_shape_is_rejected_before_training(cancer, target, message) -> None:
+def test_wrong_output_shape_is_rejected_before_training(
+    cancer, target, message
+) -> None:
     f = from_callable(target, input_shape=cancer.input_shape)
     with pytest.raises(ConfigError, match=message):
         train_blackbox_bundle(f, cancer, ADDITION, parity_cfg=quick(1), progress=False)
@@ -302,8 +337,12 @@ def test_wrong_output_shape_is_rejected_before_training(cancer, target, message)
 
 def test_configuration_mismatches_are_rejected(cancer, digits) -> None:
     # F's width does not match the metric
-    f = from_callable("numpy:cumsum", input_shape=cancer.input_shape, options={"axis": 1})
-    with pytest.raises(ConfigError, match=r"metric top1 needs .* \(2 classes\).*width 30"):
+    f = from_callable(
+        "numpy:cumsum", input_shape=cancer.input_shape, options={"axis": 1}
+    )
+    with pytest.raises(
+        ConfigError, match=r"metric top1 needs .* \(2 classes\).*width 30"
+    ):
         train_blackbox_bundle(f, cancer, ADDITION, parity_cfg=quick(1), progress=False)
     with pytest.raises(ConfigError, match="metric iou needs F to output boxes"):
         train_blackbox_bundle(f, cancer, ADDITION, parity_cfg=quick(1), metric="iou",
@@ -324,7 +363,6 @@ def test_configuration_mismatches_are_rejected(cancer, digits) -> None:
 
 def _tiny_onnx(batch: int | str, external: str | None = None) -> bytes:
     """y = x + w for x of shape (batch, 3); ``external`` moves w to a file."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     w = numpy_helper.from_array(np.ones(3, dtype=np.float32), "w")
@@ -350,7 +388,9 @@ def test_onnx_input_problems_are_rejected() -> None:
         from_onnx(_tiny_onnx(1), input_shape=(3,))
     with pytest.raises(ConfigError, match=r"does not fit inputs of shape \(4,\)"):
         from_onnx(_tiny_onnx("N"), input_shape=(4,))
-    with pytest.raises(ConfigError, match="has no output 'z'; its outputs are \\['y'\\]"):
+    with pytest.raises(
+        ConfigError, match="has no output 'z'; its outputs are \\['y'\\]"
+    ):
         from_onnx(_tiny_onnx("N"), input_shape=(3,), output="z")
     with pytest.raises(BundleError, match="not a valid ONNX model"):
         check_onnx(b"definitely not protobuf")
@@ -359,7 +399,9 @@ def test_onnx_input_problems_are_rejected() -> None:
 def test_onnx_files_cannot_escape_the_bundle(cancer_bundle, tmp_path: Path) -> None:
     _, bundle = cancer_bundle
     # an ONNX graph whose tensors live in a file named by a relative path
-    with pytest.raises(BundleError, match=r"tensor 'w' in an external file \('\.\./secret\.bin'\)"):
+    with pytest.raises(
+        BundleError, match=r"tensor 'w' in an external file \('\.\./secret\.bin'\)"
+    ):
         check_onnx(_tiny_onnx("N", external="../secret.bin"))
 
     # a manifest that names a file of its own is refused; the name is fixed
@@ -368,7 +410,10 @@ def test_onnx_files_cannot_escape_the_bundle(cancer_bundle, tmp_path: Path) -> N
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["base"]["path"] = "../elsewhere.onnx"
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(BundleError, match=r"unexpected entries \['path'\]; bundle files have fixed names"):
+    with pytest.raises(
+        BundleError,
+        match=r"unexpected entries \['path'\]; bundle files have fixed names",
+    ):
         load_bundle(copy)
 
     # base.onnx as a link to a file outside the bundle

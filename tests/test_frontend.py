@@ -207,3 +207,90 @@ async def test_deadline_gives_the_default_answer_or_a_timeout() -> None:
             await frontend.infer(queries(1)[0], deadline_s=0.02)
         with pytest.raises(BadQueryError, match="deadline_s must be > 0"):
             frontend.submit(queries(1)[0], deadline_s=0)
+
+
+def uncoded(delay, *, data: int = 4, **kw) -> tuple[Frontend, FakeBackend]:
+    backend = FakeBackend(W, data_instances=data, delay_s=delay,
+                          backup_instances=kw.pop("backup", 0),
+                          backup_weights=kw.pop("backup_weights", None))  # fmt: skip
+    return Frontend(backend, input_shape=(IN,), **kw), backend
+
+
+async def test_replicate_sends_twice_first_answer_wins_loser_cancelled() -> None:
+    # instance 0 is slow: every query with a copy on it is answered by the other
+    frontend, backend = uncoded(lambda role, i, tag: 1.0 if i == 0 else 0.001,
+                                redundancy="replicate")  # fmt: skip
+    async with frontend:
+        answers = await asyncio.gather(*(frontend.infer(x) for x in queries(6)))
+        await asyncio.sleep(0.01)
+    assert len(backend.sent) == 12
+    pairs = [backend.sent[2 * i : 2 * i + 2] for i in range(6)]
+    assert all(a[1] != b[1] and a[2] == b[2] for a, b in pairs)  # distinct instances
+    # each query's losing copy is withdrawn, the slow instance's among them
+    assert sorted(t for _, _, t in backend.cancelled) == list(range(6))
+    assert {(r, i, t) for r, i, t in backend.sent if i == 0} <= set(backend.cancelled)
+    assert not any(a.reconstructed for a in answers)
+    assert frontend.statistics().late_discarded == 0
+
+
+async def test_hedge_duplicates_only_after_the_running_p95() -> None:
+    slow_tags = set(range(300, 320))
+    frontend, backend = uncoded(
+        lambda role, i, tag: 0.5 if tag in slow_tags and len(backend.sent) <= 1000 and
+        [t for r, j, t in backend.sent].count(tag) == 1 else 0.002,
+        redundancy="hedge", data=4,
+    )  # fmt: skip
+    async with frontend:
+        for batch in range(4):  # 400 fast-ish queries to learn the p95
+            await asyncio.gather(*(frontend.infer(x) for x in queries(100)))
+        stats = frontend.statistics()
+    # only the 20 stragglers were hedged, each answered by its second copy quickly
+    assert stats.hedged == 20
+    assert stats.answered == 400 and stats.failed == 0
+
+
+async def test_cheap_backup_answers_when_the_original_is_late() -> None:
+    backup = np.zeros_like(W)
+    frontend, backend = uncoded(
+        lambda role, i, tag: 0.002 if role == "backup" or tag < 200 else 1.0,
+        backup=1, backup_weights=backup, redundancy="cheap", data=2, query_timeout_s=5,
+    )  # fmt: skip
+    async with frontend:
+        for _ in range(2):  # learn the median from prompt originals
+            await asyncio.gather(*(frontend.infer(x) for x in queries(100)))
+        late = await frontend.infer(queries(1)[0])
+    assert late.backup and not late.reconstructed
+    np.testing.assert_array_equal(late.output, np.zeros(OUT))
+    assert frontend.statistics().backup_used == 1
+
+
+async def test_shortest_queue_avoids_the_backed_up_instance() -> None:
+    frontend, backend = uncoded(lambda role, i, tag: 0.2 if i == 0 else 0.001,
+                                policy="shortest-queue", data=3)  # fmt: skip
+    async with frontend:
+        first = frontend.submit(queries(1)[0])  # goes to instance 0 and sticks there
+        for x in queries(20):
+            await frontend.infer(x)
+        await first
+    on_zero = [tag for role, i, tag in backend.sent if i == 0]
+    assert on_zero == [0]
+
+
+async def test_shared_queue_keeps_one_query_per_instance_and_groups_apart() -> None:
+    frontend, backend = make(lambda role, i, tag: 0.002, policy="shared-queue")
+    async with frontend:
+        futures = [frontend.submit(x) for x in queries(10)]
+        assert frontend.statistics().queued == 10 - 4  # one per idle data instance
+        answers = await asyncio.gather(*futures)
+    assert len(answers) == 10 and frontend.statistics().queued == 0
+    data = {tag: i for role, i, tag in backend.sent if role == "data"}
+    assert all(data[2 * g] != data[2 * g + 1] for g in range(5))
+
+
+def test_baselines_are_for_uncoded_serving() -> None:
+    with pytest.raises(ConfigError, match="baseline for uncoded serving"):
+        make(lambda *a: 0.001, redundancy="hedge")
+    with pytest.raises(ConfigError, match="unknown policy 'random'"):
+        make(lambda *a: 0.001, policy="random")
+    with pytest.raises(ConfigError, match="cheap needs at least 1 backup instance"):
+        uncoded(lambda *a: 0.001, redundancy="cheap")

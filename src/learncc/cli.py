@@ -225,6 +225,8 @@ def bench(
     service_ms: Annotated[float, typer.Option(help="Least service time of one batch (emulates a larger model).")] = 5.0,
     seed: int = 0,
     quiet: Quiet = False,
+    backend: Annotated[str, typer.Option(help="local (processes here) or ray (Ray actors).")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join; default: start a local one.")] = None,
 ) -> None:
     """Compare serving modes at equal resources on one arrival trace and slowdown schedule."""
     from learncc.bench.plots import latency_cdf
@@ -232,7 +234,8 @@ def bench(
 
     _setup_logging(quiet)
     cfg = BenchConfig(modes=_csv(modes), rate_qps=rate, duration_s=duration, warmup_s=warmup,
-                      slowdown=slowdown, m=m, service_ms=service_ms, seed=seed)  # fmt: skip
+                      slowdown=slowdown, m=m, service_ms=service_ms, seed=seed,
+                      backend=backend, ray_address=address)  # fmt: skip
     results = run_comparison(bundle, cfg, progress=not quiet)
     latency = summary(results)
     console.print(latency_table(latency, f"latency (ms), {rate:g} q/s, slowdown {slowdown!r}"))
@@ -254,14 +257,17 @@ def serve(
     service_ms: float = 0.0,
     query_timeout: float = 10.0,
     quiet: Quiet = False,
+    backend: Annotated[str, typer.Option(help="local (processes here) or ray (Ray actors).")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join; default: start a local one.")] = None,
 ) -> None:
-    """Serve a bundle over HTTP (POST /infer) with local instance processes."""
+    """Serve a bundle over HTTP (POST /infer) with local instance processes or Ray actors."""
     from learncc.serving.deploy import deployment
     from learncc.serving.http import serve_http
 
     _setup_logging(quiet)
     frontend, shape = deployment(bundle, mode, m=m, service_ms=service_ms,
-                                 query_timeout_s=query_timeout)  # fmt: skip
+                                 query_timeout_s=query_timeout, backend=backend,
+                                 ray_address=address)  # fmt: skip
     info = {"mode": mode, "data_instances": shape.data_instances,
             "parity_instances": shape.parity_instances, "bundle": str(bundle)}  # fmt: skip
     console.print(f"serving {bundle} ({mode}: {shape.data_instances} data + "
@@ -275,7 +281,63 @@ def serve(
 
 
 from learncc.sim.cli import simulate  # noqa: E402
+
 app.command()(simulate)
+
+
+@app.command("codes-table")
+def codes_table(
+    out: Annotated[Path, typer.Option(help="Directory for results.json, timing.json and the plot.")] = Path("runs/codes"),
+    quick: Annotated[bool, typer.Option(help="CI smoke run: k in {2,3}, 1-3 epochs (under a minute).")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train and evaluate every applicable code for k in {2,3,4,5,10} and r in
+    {1,2} on mnist5k and digits; print the table, write results.json and a
+    plot of degraded top-1 against k."""
+    from learncc.bench.codes_table import (
+        CODES, ROW_KEYS, TableConfig, plot_degraded_vs_k, run_codes_table, time_codes,
+    )  # fmt: skip
+
+    _setup_logging(True)  # per-row lines below are the progress report
+    cfg = TableConfig.quick() if quick else TableConfig()
+    started = time.perf_counter()
+    console.print(f"codes: {', '.join(cfg.codes)}; k in {list(cfg.k_values)}, r in "
+                  f"{list(cfg.r_values)}; F epochs {cfg.base_epochs}, code epochs "
+                  f"{cfg.code_epochs} (cut to fit a 2-core CPU; ParM trains parity "
+                  f"models 150-200 epochs, so trained codes are under-trained here)")  # fmt: skip
+    factors = {c.name: c.epochs_factor for c in CODES if c.epochs_factor != 1.0}
+    if factors:
+        console.print(f"codes with a share of the code epochs: {factors}")
+
+    def on_stage(msg: str) -> None:
+        if not quiet:
+            console.print(f"[bold]{msg}[/] ({time.perf_counter() - started:.0f} s)")
+
+    def on_row(done: int, total: int, row: dict[str, Any]) -> None:
+        if not quiet:
+            console.print(f"  [{done}/{total}] {row['dataset']} {row['code']} k={row['k']} "
+                          f"r={row['r']}: degraded {100 * row['degraded_top1']:.1f}% "
+                          f"(train {row['train_s']:.1f} s)")  # fmt: skip
+
+    rows = run_codes_table(cfg, on_row=on_row, on_stage=on_stage)
+    table = Table(title="codes: degraded-mode accuracy (test split, MLP F)")
+    for key in ROW_KEYS:
+        table.add_column(key, justify="left" if key in ("code", "dataset") else "right")
+    for row in rows:
+        table.add_row(row["code"], row["dataset"], str(row["k"]), str(row["r"]),
+                      *(f"{100 * row[key]:.2f}%" for key in ROW_KEYS[4:7]),
+                      f"{row['train_s']:.1f}")  # fmt: skip
+    console.print(table)
+    _write_json(out / "results.json", rows)
+    plot = plot_degraded_vs_k(rows, out / "degraded_vs_k.png")
+    timing = time_codes(k=2, r=1, number=200 if quick else 2000)
+    _write_json(out / "timing.json", timing)
+    for name, t in timing.items():
+        console.print(f"timing k=2 r=1 {name}: encode {t['encode_us']:.1f} us + decode "
+                      f"{t['decode_us']:.1f} us per group = {t['overhead_pct']:.1f}% of F "
+                      f"({t['f_us']:.1f} us, batch 1)")  # fmt: skip
+    console.print(f"wrote {out / 'results.json'}, {out / 'timing.json'}, {plot} "
+                  f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
 
 
 def main() -> None:

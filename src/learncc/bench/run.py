@@ -41,6 +41,8 @@ class BenchConfig:
     flush_timeout_s: float = 0.005
     query_timeout_s: float = 10.0
     seed: int = 0
+    backend: str = "local"  # or "ray"
+    ray_address: str | None = None
     slowdown_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -62,6 +64,7 @@ async def run_mode(
     frontend, shape = deployment(
         bundle_path, mode, m=cfg.m, service_ms=cfg.service_ms, max_batch=cfg.max_batch,
         flush_timeout_s=cfg.flush_timeout_s, query_timeout_s=cfg.query_timeout_s,
+        backend=cfg.backend, ray_address=cfg.ray_address,
     )  # fmt: skip
     trace = poisson_trace(rate_qps=cfg.rate_qps, duration_s=cfg.duration_s, pool=len(pool),
                           seed=cfg.seed)  # fmt: skip

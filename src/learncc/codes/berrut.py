@@ -84,7 +84,7 @@ class BerrutEncoder(Encoder):
         super().__init__(k=k, r=r, input_shape=input_shape)
         alpha, beta = berrut_points(k, r)
         self.register_buffer(
-            "weights", berrut_matrix(alpha, beta).float(), persistent=False
+            "weights", berrut_matrix(alpha, beta), persistent=False
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -106,7 +106,7 @@ class BerrutDecoder(PatternDecoder):
         alpha, beta = berrut_points(k, r)
         self._points = torch.cat([alpha, beta])  # slot order: data, then parity
         self.register_buffer(
-            "weights", berrut_matrix(alpha, beta).float(), persistent=False
+            "weights", berrut_matrix(alpha, beta), persistent=False
         )
 
     def parity_target(self, data_out: Tensor) -> Tensor:

@@ -186,7 +186,7 @@ def probe(model: BlackBoxModel, inputs: np.ndarray) -> tuple[int, ...]:
     return model.output_shape
 
 
-# -- ONNX -----------------------------------------------------------------
+# -- ONNX --------------------------------------------------------------------
 
 
 class OnnxModel(BlackBoxModel):
@@ -367,7 +367,7 @@ def from_onnx(
     return OnnxModel(data, input_shape=input_shape, output=output)
 
 
-# -- scikit-learn (through ONNX) -------------------------------------------
+# -- scikit-learn (through ONNX) ---------------------------------------------
 
 
 def from_sklearn(
@@ -494,7 +494,8 @@ def resolve_callable(target: str) -> Callable[..., Any]:
         obj = getattr(obj, part, None)
     if not callable(obj):
         raise ConfigError(f"{module_name!r} has no callable {attr!r} to use as F")
-    return obj
+    fn: Callable[..., Any] = obj
+    return fn
 
 
 def from_callable(
@@ -533,7 +534,7 @@ def from_callable(
     return CallableModel(target, input_shape=input_shape, options=options)
 
 
-# -- loading from a bundle -----------------------------------------------------
+# -- loading from a bundle ---------------------------------------------------
 
 _SPEC_KEYS = {
     "onnx": {"kind", "input_shape", "output_shape", "output"},
@@ -602,7 +603,7 @@ def _read_onnx(directory: Path) -> bytes:
     return path.read_bytes()
 
 
-# -- a reference black box ------------------------------------------------------
+# -- a reference black box ---------------------------------------------------
 
 
 def ink_box(x: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -621,8 +622,9 @@ def ink_box(x: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """
     images = x.max(axis=1) if x.ndim == 4 else x  # (N, H, W)
     height, width = images.shape[-2:]
-    ink = images > threshold
-    rows, cols = ink.any(axis=2), ink.any(axis=1)  # (N, H), (N, W)
+    ink = np.asarray(images > threshold, dtype=bool)  # (N, H, W)
+    rows: np.ndarray = np.any(ink, axis=2)  # (N, H)
+    cols: np.ndarray = np.any(ink, axis=1)  # (N, W)
     boxes = np.zeros((len(x), 4), dtype=np.float32)
     has = rows.any(axis=1)
     boxes[has, 0] = rows[has].argmax(axis=1) / height
@@ -632,10 +634,13 @@ def ink_box(x: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     return boxes
 
 
-# -- parity models for regression F -------------------------------------------------
+# -- parity models for regression F ------------------------------------------
 
 
 class _Affine(nn.Module):
+    shift: Tensor
+    scale: Tensor
+
     def __init__(self, shift: Sequence[float], scale: Sequence[float]) -> None:
         super().__init__()
         self.register_buffer("shift", torch.tensor(shift, dtype=torch.float32))

@@ -28,7 +28,8 @@ from learncc.serving import protocol as P
 
 logger = logging.getLogger(__name__)
 
-DATA, PARITY = "data", "parity"
+DATA, PARITY, BACKUP = "data", "parity", "backup"
+CANCELLED = P.CANCELLED
 
 
 class Handler(Protocol):
@@ -47,6 +48,10 @@ class Backend(Protocol):
     async def start(self, handler: Handler) -> None: ...
 
     def send(self, role: str, index: int, tag: int, x: np.ndarray) -> None: ...
+
+    def cancel(self, role: str, index: int, tag: int) -> None:
+        """Withdraw a query if the instance has not started it; the instance
+        then reports it failed with the message ``CANCELLED``."""
 
     def alive(self, role: str, index: int) -> bool: ...
 
@@ -71,6 +76,7 @@ class _Instance(asyncio.Protocol):
     outstanding: set[int] = field(default_factory=set)
     buffer: bytearray = field(default_factory=bytearray)
     is_alive: bool = False
+    last_progress: float = 0.0  # loop time of the last frame, or of the first send when idle
     stats: asyncio.Future[dict[str, Any]] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -78,6 +84,7 @@ class _Instance(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        self.last_progress = time.monotonic()
         self.buffer += data
         try:
             frames = P.split_frames(self.buffer)
@@ -116,6 +123,7 @@ class _Instance(asyncio.Protocol):
                            self.stderr_tail() or "no message")  # fmt: skip
             lost, self.outstanding = sorted(self.outstanding), set()
             self.backend.handler.on_down(self.role, self.index, lost)
+            self.backend.instance_down(self)
 
     def stderr_tail(self) -> str:
         if self.stderr_path is None or not self.stderr_path.exists():
@@ -136,7 +144,19 @@ class LocalBackend:
             network; the floor emulates a larger model without burning CPU
             (it sleeps), so that two cores can host many instances. Slowdowns
             multiply the resulting service time.
+        per_item_ms: added to the floor for each query of a batch after the
+            first, so larger batches take longer, as on real hardware.
         max_batch: most queued queries an instance serves in one batch.
+        backup_instances: instances of the bundle's cheaper backup model
+            (mode ``cheap``), with floor ``backup_service_ms``.
+        noop: instances return zeros without running a model, to measure the
+            serving path alone.
+        restart: start a replacement when an instance process dies, with
+            exponential backoff from ``restart_backoff_s``.
+        hang_timeout_s: an instance holding queries that sends nothing for
+            this long is taken for hung: it is killed (its queries go back to
+            the frontend) and restarted. Must exceed the longest legitimate
+            batch, slow episodes included; ``None`` disables the watchdog.
         start_timeout_s: how long instances may take to load.
     """
 
@@ -147,7 +167,14 @@ class LocalBackend:
         data_instances: int,
         parity_instances: int = 0,
         service_ms: float = 0.0,
+        per_item_ms: float = 0.0,
         max_batch: int = 1,
+        backup_instances: int = 0,
+        backup_service_ms: float | None = None,
+        noop: bool = False,
+        restart: bool = True,
+        restart_backoff_s: float = 0.5,
+        hang_timeout_s: float | None = 5.0,
         start_timeout_s: float = 120.0,
     ) -> None:
         if data_instances < 1 or parity_instances < 0:
@@ -158,8 +185,14 @@ class LocalBackend:
         if max_batch < 1:
             raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
         self.bundle = str(Path(bundle).resolve())
-        self.counts = {DATA: data_instances, PARITY: parity_instances}
-        self.service_ms, self.max_batch = service_ms, max_batch
+        self.counts = {DATA: data_instances, PARITY: parity_instances, BACKUP: backup_instances}
+        self.service_ms, self.per_item_ms, self.max_batch = service_ms, per_item_ms, max_batch
+        self.backup_service_ms = service_ms / 2 if backup_service_ms is None else backup_service_ms
+        self.noop, self.restart, self.restart_backoff_s = noop, restart, restart_backoff_s
+        self.restarts = 0
+        self.hang_timeout_s = hang_timeout_s
+        self._watchdog: asyncio.Task[None] | None = None
+        self._respawns: set[asyncio.Task[None]] = set()
         self.start_timeout_s = start_timeout_s
         self.instances: dict[tuple[str, int], _Instance] = {}
         self.closing = False
@@ -183,14 +216,17 @@ class LocalBackend:
             raise BackendUnavailableError(
                 f"instances did not load within {self.start_timeout_s:g} s"
             ) from None
-        logger.info("local backend up: %d data + %d parity instances",
-                    self.counts[DATA], self.counts[PARITY])  # fmt: skip
+        if self.hang_timeout_s is not None:
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+        logger.info("local backend up: %d data + %d parity + %d backup instances",
+                    self.counts[DATA], self.counts[PARITY], self.counts[BACKUP])  # fmt: skip
 
     async def _spawn(self, role: str, index: int) -> None:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        spec = {"bundle": self.bundle, "role": role, "service_ms": self.service_ms,
-                "max_batch": self.max_batch, "index": index}  # fmt: skip
+        spec = {"bundle": self.bundle, "role": role, "max_batch": self.max_batch,
+                "service_ms": self.backup_service_ms if role == BACKUP else self.service_ms,
+                "per_item_ms": self.per_item_ms, "index": index, "noop": self.noop}  # fmt: skip
         if role == PARITY:
             spec["index"] = index % max(1, self._parity_models())
         assert self._logdir is not None
@@ -221,8 +257,55 @@ class LocalBackend:
         inst = self.instances[(role, index)]
         if not inst.is_alive or inst.transport is None:
             raise BackendUnavailableError(f"instance {role}/{index} is down")
+        if not inst.outstanding:
+            inst.last_progress = time.monotonic()
         inst.outstanding.add(tag)
         inst.transport.write(P.frame(P.INFER, tag, np.ascontiguousarray(x, np.float32).tobytes()))
+
+    def cancel(self, role: str, index: int, tag: int) -> None:
+        inst = self.instances[(role, index)]
+        if inst.is_alive and inst.transport is not None and tag in inst.outstanding:
+            inst.transport.write(P.frame(P.CANCEL, tag, b""))
+
+    async def _watch(self) -> None:
+        assert self.hang_timeout_s is not None
+        while not self.closing:
+            await asyncio.sleep(min(0.5, self.hang_timeout_s / 4))
+            now = time.monotonic()
+            for inst in list(self.instances.values()):
+                stalled = now - inst.last_progress > self.hang_timeout_s
+                if inst.is_alive and inst.outstanding and stalled and inst.process is not None:
+                    logger.warning("instance %s/%d sent nothing for %.1f s with %d queries "
+                                   "in flight; killing it as hung", inst.role, inst.index,
+                                   now - inst.last_progress, len(inst.outstanding))  # fmt: skip
+                    inst.process.kill()
+
+    def instance_down(self, inst: _Instance) -> None:
+        """Called when an instance's connection drops while we are serving."""
+        if self.restart and not self.closing:
+            task = asyncio.get_running_loop().create_task(self._respawn(inst.role, inst.index))
+            self._respawns.add(task)
+            task.add_done_callback(self._respawns.discard)
+
+    async def _respawn(self, role: str, index: int) -> None:
+        backoff = self.restart_backoff_s
+        old = self.instances[(role, index)].process
+        if old is not None and old.poll() is None:
+            old.kill()  # a hung process whose socket broke: make sure it is gone
+        while not self.closing:
+            await asyncio.sleep(backoff)
+            if self.closing:
+                return
+            try:
+                await asyncio.wait_for(self._spawn(role, index), self.start_timeout_s)
+            except (TimeoutError, BackendUnavailableError, OSError) as e:
+                logger.warning("restarting instance %s/%d failed (%s); next try in %.1f s",
+                               role, index, e, min(2 * backoff, 10.0))  # fmt: skip
+                backoff = min(2 * backoff, 10.0)
+                continue
+            self.restarts += 1
+            logger.info("instance %s/%d restarted", role, index)
+            return
 
     def alive(self, role: str, index: int) -> bool:
         inst = self.instances.get((role, index))
@@ -259,6 +342,10 @@ class LocalBackend:
     async def close(self, timeout_s: float = 5.0) -> None:
         """Stop every instance: ask politely, then kill after ``timeout_s``."""
         self.closing = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        for task in list(self._respawns):
+            task.cancel()
         for inst in self.instances.values():
             if inst.transport is not None:
                 inst.transport.close()

@@ -7,8 +7,7 @@ With m data instances for the ordinary load and a code of k, r:
   spent on more plain instances;
 - ``coded``: m data instances and r * m / k parity instances.
 
-``plan`` also sizes three baselines that only the simulator (``learncc.sim``)
-runs so far; ``deployment`` refuses them rather than serve them uncoded:
+and three more baselines at equal resources:
 
 - ``hedge``: the same instances as ``equal``; a query still unanswered after
   the running 95th percentile latency is sent again to a second instance;
@@ -25,12 +24,11 @@ from pathlib import Path
 
 from learncc.bundle import Bundle, load_bundle
 from learncc.errors import ConfigError, UnknownNameError
-from learncc.serving.backend import LocalBackend
+from learncc.serving.backend import Backend, LocalBackend
 from learncc.serving.frontend import Coding, Frontend
 
-MODES = ("none", "equal", "coded")
-# Modes plan() sizes; the frontend serves only MODES so far.
-ALL_MODES = (*MODES, "hedge", "replicate", "cheap")
+MODES = ("none", "equal", "coded", "hedge", "replicate", "cheap")
+ALL_MODES = MODES  # kept for the simulator, which imported it first
 
 
 @dataclass(frozen=True)
@@ -86,36 +84,83 @@ def deployment(
     *,
     m: int,
     service_ms: float = 0.0,
+    per_item_ms: float = 0.0,
     max_batch: int = 1,
+    policy: str = "round-robin",
     flush_timeout_s: float = 0.005,
     query_timeout_s: float = 10.0,
+    max_pending: int = 100_000,
+    noop: bool = False,
+    backend: str = "local",
+    ray_address: str | None = None,
+    num_gpus: float = 0.0,
 ) -> tuple[Frontend, Deployment]:
-    """A frontend over a local backend for ``mode``; call ``start()`` on it.
+    """A frontend over a backend for ``mode``; call ``start()`` on it.
+
+    Args:
+        mode: one of ``MODES``; see the module docstring for what each gets.
+        m: data instances of the coded deployment; the others are sized
+            from it at equal resources (``plan``).
+        service_ms, per_item_ms, max_batch: instance service emulation and
+            batching (see ``LocalBackend``).
+        policy: data dispatch (see ``Frontend``).
+        noop: instances skip the model and return zeros.
+        backend: ``"local"`` (worker processes on this machine) or ``"ray"``
+            (Ray actors; see ``learncc.serving.ray_backend``).
+        ray_address: Ray cluster to join; ``None`` starts a local one.
+        num_gpus: GPUs per instance on Ray (fractional allowed).
 
     Raises:
         BundleError: the bundle cannot be loaded.
         ConfigError: m is too small for the bundle's code.
-        UnknownNameError: ``mode`` is not served yet (see ``MODES``).
+        UnknownNameError: unknown ``mode`` or ``backend``.
     """
+    if backend not in ("local", "ray"):
+        raise UnknownNameError("backend", backend, ["local", "ray"])
     if mode not in MODES:
-        raise UnknownNameError("served mode", mode, list(MODES))
+        raise UnknownNameError("mode", mode, list(MODES))
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     if loaded.path is None:
         raise ConfigError("the bundle must be saved to a directory for instances to load it")
     code = loaded.code
     shape = plan(mode, m=m, k=code.k, r=code.r)
-    backend = LocalBackend(
-        loaded.path,
-        data_instances=shape.data_instances,
-        parity_instances=shape.parity_instances,
-        service_ms=service_ms,
-        max_batch=max_batch,
-    )
+    if mode == "cheap" and getattr(loaded, "backup", None) is None and not noop:
+        raise ConfigError(
+            f"mode cheap needs a backup model in the bundle; {loaded.path} has none "
+            "(train with `learncc train --backup-hidden N`)"
+        )
+    instances: Backend
+    if backend == "ray":
+        from learncc.serving.ray_backend import RayBackend
+
+        instances = RayBackend(
+            loaded.path,
+            data_instances=shape.data_instances,
+            parity_instances=shape.parity_instances,
+            service_ms=service_ms,
+            max_batch=max_batch,
+            address=ray_address,
+            num_gpus=num_gpus,
+        )
+    else:
+        instances = LocalBackend(
+            loaded.path,
+            data_instances=shape.data_instances,
+            parity_instances=shape.parity_instances,
+            backup_instances=shape.backup_instances,
+            service_ms=service_ms,
+            per_item_ms=per_item_ms,
+            max_batch=max_batch,
+            noop=noop,
+        )
     frontend = Frontend(
-        backend,
+        instances,
         input_shape=loaded.input_shape,
         coding=coding_from_bundle(loaded) if mode == "coded" else None,
+        policy=policy,
+        redundancy=mode if mode in ("hedge", "replicate", "cheap") else None,
         flush_timeout_s=flush_timeout_s,
         query_timeout_s=query_timeout_s,
+        max_pending=max_pending,
     )
     return frontend, shape

@@ -1,25 +1,37 @@
 """The coded frontend: coding groups, dispatch, and degraded-mode decoding.
 
 Queries are grouped into coding groups of k in arrival order. Each query is
-sent to a data instance at once (never held back for its group), round robin
-over live instances, and never to an instance that already holds a member of
-its group. When a group fills, the encoder makes its r parity queries and
-each goes to a parity instance. A group still partial after
-``flush_timeout_s`` is completed with the bundle's fill query, whose F output
-is known, so the decoder sees a full group. As soon as the available data
-outputs and parity outputs allow it, the missing outputs are decoded and
-answered, flagged ``reconstructed``; a late original is then discarded.
+sent to a data instance at once (never held back for its group) and never to
+an instance that already holds a member of its group. When a group fills,
+the encoder makes its r parity queries and each goes to a parity instance. A
+group still partial after ``flush_timeout_s`` is completed with the bundle's
+fill query, whose F output is known, so the decoder sees a full group. As
+soon as the available data outputs and parity outputs allow it, the missing
+outputs are decoded and answered, flagged ``reconstructed``; a late original
+is then discarded.
+
+The same frontend serves the baselines it is compared with, on the same
+dispatch code: plain (``none``/``equal``), ``hedge`` (a second copy once a
+query has waited longer than the running p95), ``replicate`` (every query
+sent twice), and ``cheap`` (every query also sent to a backup instance with
+a cheaper approximate model, whose answer is used if the original is not back
+by the running median).
+
+Dispatch policies (``policy``): ``round-robin`` over per-instance queues,
+``shortest-queue`` (fewest queries in flight), and ``shared-queue`` (one
+frontend queue that idle instances take from, one query at a time, the
+arrangement with the least queueing behind a slow instance).
 
 Every accepted query gets exactly one answer: its real output, a
-reconstruction, or an exception (``QueryTimeoutError`` once
-``query_timeout_s`` passes, ``BackendUnavailableError`` when no instance is
-left to run it, ``FrontendClosedError`` on close). If an instance dies, its
-unanswered queries are sent again to another instance; the group may still
-reconstruct them first.
+reconstruction, a backup or default answer (each flagged), or an exception
+(``QueryTimeoutError`` once its wait passes, ``BackendUnavailableError`` when
+no instance is left to run it, ``FrontendClosedError`` on close). If an
+instance dies, its unanswered queries are sent again to another instance;
+the group may still reconstruct them first.
 
 Shortcoming: decoding waits for the parity and the other k - 1 outputs; with
 r = 1 a group with two stragglers waits for one of them (ParM behaves the
-same). Deadlines with default answers come with issue 3.
+same), and its members then reach their deadline or timeout.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,9 +55,13 @@ from learncc.errors import (
     OverloadedError,
     QueryTimeoutError,
 )
-from learncc.serving.backend import DATA, PARITY, Backend
+from learncc.serving.backend import BACKUP, CANCELLED, DATA, PARITY, Backend
+from learncc.serving.policy import pick_instance
 
 logger = logging.getLogger(__name__)
+
+POLICIES = ("round-robin", "shortest-queue", "shared-queue")
+REDUNDANCY = ("hedge", "replicate", "cheap")
 
 
 @dataclass(frozen=True)
@@ -53,6 +70,7 @@ class Answer:
     reconstructed: bool
     query_id: int
     default: bool = False  # the configured default answer, given at the deadline
+    backup: bool = False  # the approximate backup model's answer (mode cheap)
 
 
 @dataclass(frozen=True)
@@ -64,9 +82,12 @@ class Statistics:
     timed_out: int
     refused: int
     defaulted: int
+    backup_used: int
+    hedged: int
     late_discarded: int
     redispatched: int
     pending: int
+    queued: int
     groups_open: int
 
 
@@ -85,12 +106,15 @@ class _Query:
     qid: int
     x: np.ndarray
     future: asyncio.Future[Answer]
+    born: float
     deadline: bool = False  # the timer is the caller's deadline, not the timeout
     wait_s: float = 0.0
     group: _Group | None = None
     slot: int = 0
-    instance: int = -1
+    copies: list[int] = field(default_factory=list)  # data instances holding it
     timer: asyncio.TimerHandle | None = None
+    extra: asyncio.TimerHandle | None = None  # hedge or backup timer
+    backup_output: np.ndarray | None = None
 
 
 @dataclass(eq=False)
@@ -104,13 +128,35 @@ class _Group:
     flush: asyncio.TimerHandle | None = None
 
 
+class RunningQuantiles:
+    """Quantiles of the last ``window`` latencies, refreshed every ``every``
+    samples so that a query pays O(1) on average."""
+
+    def __init__(self, window: int = 2048, every: int = 128) -> None:
+        self.values = np.zeros(window)
+        self.n = 0
+        self.every = every
+        self.p50: float | None = None
+        self.p95: float | None = None
+
+    def add(self, value: float) -> None:
+        self.values[self.n % len(self.values)] = value
+        self.n += 1
+        if self.n % self.every == 0:
+            filled = self.values[: min(self.n, len(self.values))]
+            self.p50, self.p95 = (float(v) for v in np.percentile(filled, (50, 95)))
+
+
 class Frontend:
     """Serves queries over a backend, coded when ``coding`` is given.
 
     Args:
-        backend: the instances; with coding it must have parity instances.
-        coding: the code; ``None`` serves uncoded (modes ``none``/``equal``).
+        backend: the instances; with coding it must have parity instances,
+            with ``redundancy="cheap"`` backup instances.
+        coding: the code; ``None`` serves uncoded.
         input_shape: shape of one query, checked on every call.
+        policy: data dispatch, one of ``POLICIES``.
+        redundancy: ``None`` or one of ``REDUNDANCY`` (uncoded only).
         flush_timeout_s: longest a partial coding group waits for members
             before its parity query is sent.
         query_timeout_s: longest a query waits for any answer.
@@ -128,6 +174,8 @@ class Frontend:
         *,
         input_shape: tuple[int, ...],
         coding: Coding | None = None,
+        policy: str = "round-robin",
+        redundancy: str | None = None,
         flush_timeout_s: float = 0.005,
         query_timeout_s: float = 10.0,
         max_pending: int = 100_000,
@@ -137,32 +185,46 @@ class Frontend:
             raise ConfigError("flush_timeout_s and query_timeout_s must be > 0")
         if max_pending < 1:
             raise ConfigError(f"max_pending must be >= 1, got {max_pending}")
+        if policy not in POLICIES:
+            raise ConfigError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        if redundancy is not None and redundancy not in REDUNDANCY:
+            raise ConfigError(f"unknown redundancy {redundancy!r}; choose one of {', '.join(REDUNDANCY)}")
+        if redundancy is not None and coding is not None:
+            raise ConfigError(f"redundancy {redundancy!r} is a baseline for uncoded serving")
         self.backend = backend
         self.coding = coding
+        self.policy, self.redundancy = policy, redundancy
         self.input_shape = tuple(input_shape)
         self.flush_timeout_s, self.query_timeout_s = flush_timeout_s, query_timeout_s
         self.max_pending = max_pending
         self.default_output = default_output
-        n_data, n_parity = backend.counts[DATA], backend.counts[PARITY]
+        counts = backend.counts
         if coding is not None:
             k, r = coding.decoder.k, coding.decoder.r
-            if n_data < k:
+            if counts[DATA] < k:
                 raise ConfigError(
                     f"k={k} needs at least {k} data instances so that a group's "
-                    f"members land on distinct instances; got {n_data}"
+                    f"members land on distinct instances; got {counts[DATA]}"
                 )
-            if n_parity < r:
-                raise ConfigError(f"r={r} needs at least {r} parity instances, got {n_parity}")
+            if counts.get(PARITY, 0) < r:
+                raise ConfigError(f"r={r} needs at least {r} parity instances, got {counts.get(PARITY, 0)}")
+        if redundancy in ("hedge", "replicate") and counts[DATA] < 2:
+            raise ConfigError(f"{redundancy} needs at least 2 data instances, got {counts[DATA]}")
+        if redundancy == "cheap" and counts.get(BACKUP, 0) < 1:
+            raise ConfigError("cheap needs at least 1 backup instance")
         self._ids = itertools.count()
         self._gids = itertools.count()
-        self._rr = {DATA: 0, PARITY: 0}
+        self._rr = {DATA: 0, PARITY: 0, BACKUP: 0}
         self._pending: dict[int, _Query] = {}
         self._groups: dict[int, _Group] = {}
         self._open: _Group | None = None
+        self._shared: deque[_Query] = deque()
+        self._busy: set[int] = set()  # shared-queue: data instances with a query
+        self._latency = RunningQuantiles()
         self._closed = False
         self._counts = dict.fromkeys(
             ("accepted", "answered", "reconstructed", "failed", "timed_out", "refused",
-             "defaulted", "late_discarded", "redispatched"), 0,
+             "defaulted", "backup_used", "hedged", "late_discarded", "redispatched"), 0,
         )  # fmt: skip
 
     async def start(self) -> None:
@@ -185,7 +247,8 @@ class Frontend:
         await self.close()
 
     def statistics(self) -> Statistics:
-        return Statistics(**self._counts, pending=len(self._pending), groups_open=len(self._groups))
+        return Statistics(**self._counts, pending=len(self._pending),
+                          queued=len(self._shared), groups_open=len(self._groups))  # fmt: skip
 
     # -- the query path ----------------------------------------------------
 
@@ -233,17 +296,18 @@ class Frontend:
         if len(self._pending) >= self.max_pending:
             self._counts["refused"] += 1
             raise OverloadedError(len(self._pending), self.max_pending)
-        query = _Query(next(self._ids), x, self._loop.create_future())
+        loop = self._loop
+        query = _Query(next(self._ids), x, loop.create_future(), loop.time())
         self._pending[query.qid] = query
         self._counts["accepted"] += 1
-        wait_s = self.query_timeout_s
-        if deadline_s is not None and deadline_s < wait_s:
-            wait_s, query.deadline = deadline_s, True
-        query.wait_s = wait_s
-        query.timer = self._loop.call_later(wait_s, self._expire, query)
+        query.wait_s = self.query_timeout_s
+        if deadline_s is not None and deadline_s < query.wait_s:
+            query.wait_s, query.deadline = deadline_s, True
+        query.timer = loop.call_later(query.wait_s, self._expire, query)
         if self.coding is not None:
             self._join_group(query)
         self._dispatch(query)
+        self._add_redundancy(query)
         group = query.group
         if group is not None and len(group.members) == len(group.outputs):
             self._seal(group)
@@ -261,28 +325,95 @@ class Frontend:
         query.group, query.slot = group, len(group.members)
         group.members.append(query)
 
-    def _pick(self, role: str, avoid: set[int], among: range | None = None) -> int:
-        """Round robin over live instances of ``role``, skipping ``avoid`` if possible."""
-        n = self.backend.counts[role]
-        candidates = [i for i in (among or range(n)) if self.backend.alive(role, i)]
-        if not candidates:
-            raise BackendUnavailableError(f"no live {role} instance")
-        start = self._rr[role]
-        ordered = sorted(candidates, key=lambda i: (i - start) % n)
-        choice = next((i for i in ordered if i not in avoid), ordered[0])
+    def _pick(self, role: str, avoid: set[int] | frozenset[int] = frozenset(),
+              among: range | None = None) -> int:  # fmt: skip
+        """An instance of ``role`` by the dispatch policy, avoiding ``avoid``
+        where another live instance exists."""
+        backend = self.backend
+        n = backend.counts[role]
+        if self.policy == "shortest-queue":
+            live = [i for i in (among if among is not None else range(n))
+                    if backend.alive(role, i)]  # fmt: skip
+            if not live:
+                raise BackendUnavailableError(f"no live {role} instance")
+            preferred = [i for i in live if i not in avoid] or live
+            start = self._rr[role]
+            choice = min(preferred, key=lambda i: (backend.depth(role, i), (i - start) % n))
+        else:
+            choice = pick_instance(n, self._rr[role], lambda i: backend.alive(role, i),
+                                   avoid, among, role=role)  # fmt: skip
         self._rr[role] = (choice + 1) % n
         return choice
 
     def _dispatch(self, query: _Query) -> None:
-        avoid = query.group.instances if query.group is not None else set()
+        """Send ``query`` to a data instance, or queue it (shared-queue)."""
+        if self.policy == "shared-queue":
+            self._shared.append(query)
+            self._pump()
+            return
+        avoid = query.group.instances if query.group is not None else set(query.copies)
         try:
-            query.instance = self._pick(DATA, avoid)
-            self.backend.send(DATA, query.instance, query.qid, query.x)
+            self._send_data(query, self._pick(DATA, avoid))
         except BackendUnavailableError as e:
             self._fail(query, e)
-            return
+
+    def _send_data(self, query: _Query, index: int) -> None:
+        self.backend.send(DATA, index, query.qid, query.x)
+        query.copies.append(index)
         if query.group is not None:
-            query.group.instances.add(query.instance)
+            query.group.instances.add(index)
+
+    def _pump(self) -> None:
+        """Shared queue: hand queued queries to idle live instances.
+
+        A query is skipped (left queued) for an instance that holds another
+        member of its coding group; the scan is bounded by the queue length.
+        """
+        n = self.backend.counts[DATA]
+        idle = [i for i in range(n) if i not in self._busy and self.backend.alive(DATA, i)]
+        if not any(self.backend.alive(DATA, i) for i in range(n)):
+            while self._shared:
+                self._fail(self._shared.popleft(), BackendUnavailableError("no live data instance"))
+            return
+        for index in idle:
+            for _ in range(len(self._shared)):
+                query = self._shared.popleft()
+                if query.qid not in self._pending:
+                    continue  # answered while queued (reconstructed, timed out)
+                taken = query.group.instances if query.group is not None else set(query.copies)
+                if index in taken and len(taken) < n:
+                    self._shared.append(query)
+                    continue
+                self._busy.add(index)
+                self._send_data(query, index)
+                break
+            if not self._shared:
+                return
+
+    def _add_redundancy(self, query: _Query) -> None:
+        if self.redundancy == "replicate":
+            try:
+                self._send_data(query, self._pick(DATA, set(query.copies)))
+            except BackendUnavailableError:
+                pass  # one copy is enough to answer
+        elif self.redundancy == "hedge" and self._latency.p95 is not None:
+            query.extra = self._loop.call_later(self._latency.p95, self._hedge, query)
+        elif self.redundancy == "cheap":
+            try:
+                self.backend.send(BACKUP, self._pick(BACKUP), query.qid, query.x)
+            except BackendUnavailableError:
+                pass  # serve without a backup
+
+    def _hedge(self, query: _Query) -> None:
+        if query.qid not in self._pending:
+            return
+        try:
+            index = self._pick(DATA, set(query.copies))
+        except BackendUnavailableError:
+            return
+        if index not in query.copies:
+            self._counts["hedged"] += 1
+            self._send_data(query, index)
 
     def _seal(self, group: _Group) -> None:
         """Close the group to new members, complete it with fill queries, and
@@ -310,7 +441,7 @@ class Frontend:
         for j in range(r):
             # parity instance i runs parity model i % r
             try:
-                index = self._pick(PARITY, set(), range(j, n_parity, r))
+                index = self._pick(PARITY, frozenset(), range(j, n_parity, r))
                 self.backend.send(PARITY, index, group.gid * r + j, parity_np[j])
             except BackendUnavailableError:
                 logger.debug("group %d: no live instance for parity model %d", group.gid, j)
@@ -329,28 +460,69 @@ class Frontend:
                 group.parity[tag % r] = output
                 self._try_decode(group)
             return
+        if role == BACKUP:
+            self._on_backup(tag, output)
+            return
+        if self.policy == "shared-queue":
+            self._busy.discard(index)
         query = self._pending.get(tag)
-        if query is None:
+        if error == CANCELLED:
+            pass  # a copy we withdrew after another answered
+        elif query is None:
             self._counts["late_discarded"] += 1
+        elif output is None:
+            if index in query.copies and len(query.copies) > 1:
+                query.copies.remove(index)  # another copy may still answer
+            else:
+                self._fail(query, BackendUnavailableError(f"instance data/{index} failed the query: {error}"))
+        else:
+            if query.group is not None:
+                query.group.outputs[query.slot] = output
+            self._answer(query, Answer(output, False, query.qid))
+            self._cancel_copies(query, index)
+            if query.group is not None:
+                self._try_decode(query.group)
+        if self.policy == "shared-queue":
+            self._pump()
+
+    def _cancel_copies(self, query: _Query, winner: int) -> None:
+        for index in query.copies:
+            if index != winner and self.backend.alive(DATA, index):
+                self.backend.cancel(DATA, index, query.qid)
+
+    def _on_backup(self, tag: int, output: np.ndarray | None) -> None:
+        query = self._pending.get(tag)
+        if query is None or output is None:
             return
-        if output is None:
-            self._fail(query, BackendUnavailableError(f"instance data/{index} failed the query: {error}"))
-            return
-        if query.group is not None:
-            query.group.outputs[query.slot] = output
-        self._answer(query, Answer(output, False, query.qid))
-        if query.group is not None:
-            self._try_decode(query.group)
+        median = self._latency.p50
+        waited = self._loop.time() - query.born
+        if median is None or waited >= median:
+            self._use_backup(query, output)
+        else:
+            query.backup_output = output
+            query.extra = self._loop.call_later(median - waited, self._use_backup, query, output)
+
+    def _use_backup(self, query: _Query, output: np.ndarray) -> None:
+        if query.qid in self._pending:
+            self._counts["backup_used"] += 1
+            self._answer(query, Answer(output, False, query.qid, backup=True))
 
     def on_down(self, role: str, index: int, lost: list[int]) -> None:
-        if role == PARITY or self._closed:
-            return  # the groups lose their parity; members are answered as usual
+        if role != DATA or self._closed:
+            return  # the groups lose their parity (or backup); members are answered as usual
+        self._busy.discard(index)
         for tag in lost:
             query = self._pending.get(tag)
             if query is None:
                 continue
+            if index in query.copies:
+                query.copies.remove(index)
+            if query.copies:
+                continue  # another copy is still in flight
             self._counts["redispatched"] += 1
             self._dispatch(query)
+        if self.policy == "shared-queue":
+            self._pump()
 
     def _try_decode(self, group: _Group) -> None:
         assert self.coding is not None
@@ -387,11 +559,14 @@ class Frontend:
             return False
         if query.timer is not None:
             query.timer.cancel()
+        if query.extra is not None:
+            query.extra.cancel()
         return True
 
     def _answer(self, query: _Query, answer: Answer) -> None:
         if self._finish(query) and not query.future.done():
             self._counts["answered"] += 1
+            self._latency.add(self._loop.time() - query.born)
             query.future.set_result(answer)
 
     def _fail(self, query: _Query, error: LearnccError) -> None:

@@ -25,6 +25,9 @@ ERROR = 3  # instance -> frontend: the query failed; utf-8 message
 CONTROL = 4  # frontend -> instance: JSON settings (slowdown schedule, stop)
 READY = 5  # instance -> frontend: loaded and serving; JSON description
 STATS = 6  # instance -> frontend: measured service times; JSON (on CONTROL "report")
+CANCEL = 7  # frontend -> instance: drop the query if still queued
+
+CANCELLED = "cancelled"  # the ERROR message for a query dropped by CANCEL
 
 
 def frame(kind: int, tag: int, payload: bytes) -> bytes:

@@ -9,7 +9,14 @@ same seed see the same slow instances at the same times. A schedule has:
   long-run slow fraction is ``slow_fraction``;
 - jitter: an extra exponential delay per query with mean ``jitter_ms``;
 - failure: from ``fail_at_s`` on, the instance hangs (stops answering) or
-  crashes (exits).
+  crashes (exits);
+- transport: a fixed delay ``net_delay_ms`` per batch and a bandwidth
+  ``net_mbps`` for its bytes, on the instances in ``net_instances`` (all
+  when empty), as a congested network link would add.
+
+Background CPU load and co-located inference are not per-instance schedules
+but processes competing for the cores; ``learncc.bench.interference``
+starts them.
 
 Times are seconds after the run's start ``t0`` on ``time.monotonic``, which
 all processes of one machine share.
@@ -34,6 +41,11 @@ class SlowdownConfig:
     fail_instances: tuple[int, ...] = ()
     fail_at_s: float = 0.0
     fail_mode: str = "hang"  # or "crash"
+    net_delay_ms: float = 0.0
+    net_mbps: float = 0.0  # 0: unlimited
+    net_instances: tuple[int, ...] = ()  # empty: every instance
+    background_procs: int = 0  # busy-loop processes competing for the cores
+    colocated_procs: int = 0  # processes running inference of a model in a loop
 
     def __post_init__(self) -> None:
         if self.slow_factor < 1:
@@ -42,6 +54,10 @@ class SlowdownConfig:
             raise ConfigError(f"slow_fraction must be in [0, 1), got {self.slow_fraction}")
         if self.episode_ms <= 0 or self.jitter_ms < 0:
             raise ConfigError("episode_ms must be > 0 and jitter_ms >= 0")
+        if self.net_delay_ms < 0 or self.net_mbps < 0:
+            raise ConfigError("net_delay_ms and net_mbps must be >= 0")
+        if self.background_procs < 0 or self.colocated_procs < 0:
+            raise ConfigError("background_procs and colocated_procs must be >= 0")
         if self.fail_mode not in ("hang", "crash"):
             raise ConfigError(f"fail_mode must be 'hang' or 'crash', got {self.fail_mode!r}")
 
@@ -56,6 +72,9 @@ PRESETS: dict[str, SlowdownConfig] = {
     "episodes": SlowdownConfig(slow_factor=10, slow_fraction=0.05, episode_ms=100),
     "heavy": SlowdownConfig(slow_factor=20, slow_fraction=0.1, episode_ms=200),
     "jitter": SlowdownConfig(jitter_ms=1.0),
+    "network": SlowdownConfig(net_delay_ms=2.0, net_mbps=20.0, net_instances=(0, 1)),
+    "cpu-load": SlowdownConfig(background_procs=2),
+    "colocated": SlowdownConfig(colocated_procs=1),
     "fail-one": SlowdownConfig(fail_instances=(0,), fail_at_s=2.0, fail_mode="hang"),
     "crash-one": SlowdownConfig(fail_instances=(0,), fail_at_s=2.0, fail_mode="crash"),
 }
@@ -83,7 +102,10 @@ def instance_schedule(
             episodes.append((t, t + length))
             t += length + float(rng.exponential(mean_normal))
     failing = index in cfg.fail_instances
+    networked = not cfg.net_instances or index in cfg.net_instances
     return {
+        "net_delay_ms": cfg.net_delay_ms if networked else 0.0,
+        "net_mbps": cfg.net_mbps if networked else 0.0,
         "slow_factor": cfg.slow_factor,
         "episodes": episodes,
         "jitter_ms": cfg.jitter_ms,
@@ -105,6 +127,9 @@ class Schedule:
         self.fail_at = None if fail is None else t0 + float(fail)
         self.fail_mode = spec.get("fail_mode", "hang")
         self.rng = np.random.default_rng(spec.get("seed", 0))
+        self.net_delay_s = float(spec.get("net_delay_ms", 0.0)) / 1000
+        mbps = float(spec.get("net_mbps", 0.0))
+        self.net_s_per_byte = 8 / (mbps * 1e6) if mbps > 0 else 0.0
         self._next = 0  # episodes are sorted; time only moves forward
 
     def slow_factor(self, now: float) -> float:
@@ -117,6 +142,10 @@ class Schedule:
 
     def jitter(self) -> float:
         return float(self.rng.exponential(self.jitter_s)) if self.jitter_s > 0 else 0.0
+
+    def transport(self, nbytes: int) -> float:
+        """Seconds a link adds for moving ``nbytes`` in one batch."""
+        return self.net_delay_s + nbytes * self.net_s_per_byte
 
     def failed(self, now: float) -> bool:
         return self.fail_at is not None and now >= self.fail_at

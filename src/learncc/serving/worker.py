@@ -27,14 +27,29 @@ from learncc.serving.slowdown import Schedule
 
 
 def load_model(spec: dict[str, Any]) -> tuple[Any, tuple[int, ...]]:
-    """Return (callable on a float32 batch, input shape)."""
+    """Return (callable on a float32 batch, input shape).
+
+    With ``noop`` the callable returns zeros of the output shape without
+    running a model: for measuring the serving path's own costs.
+    """
     import torch
 
     from learncc.bundle import load_bundle
+    from learncc.errors import BundleError
 
     torch.set_num_threads(1)
     bundle = load_bundle(spec["bundle"])
-    model = bundle.base if spec["role"] == "data" else bundle.parity[spec["index"]]
+    if spec.get("noop"):
+        out_shape = tuple(bundle.fill_output.shape)
+        return (lambda batch: np.zeros((len(batch), *out_shape), np.float32)), bundle.input_shape
+    if spec["role"] == "data":
+        model = bundle.base
+    elif spec["role"] == "parity":
+        model = bundle.parity[spec["index"]]
+    else:
+        model = getattr(bundle, "backup", None)
+        if model is None:
+            raise BundleError(f"{spec['bundle']} has no backup model (needed by mode cheap)")
 
     @torch.inference_mode()
     def run(batch: np.ndarray) -> np.ndarray:
@@ -47,6 +62,7 @@ def serve(sock: socket.socket, spec: dict[str, Any]) -> None:
     run, input_shape = load_model(spec)
     item_bytes = int(np.prod(input_shape)) * 4
     service_s = float(spec.get("service_ms", 0.0)) / 1000
+    per_item_s = float(spec.get("per_item_ms", 0.0)) / 1000
     max_batch = int(spec.get("max_batch", 1))
     schedule = Schedule({}, time.monotonic())
     sock.sendall(P.frame(P.READY, 0, json.dumps({"pid": os.getpid()}).encode()))
@@ -67,6 +83,12 @@ def serve(sock: socket.socket, spec: dict[str, Any]) -> None:
         for kind, tag, payload in P.split_frames(buffer):
             if kind == P.INFER:
                 queue.append((tag, payload))
+            elif kind == P.CANCEL:
+                kept = deque(item for item in queue if item[0] != tag)
+                if len(kept) < len(queue):
+                    queue = kept
+                    sock.setblocking(True)
+                    sock.sendall(P.frame(P.ERROR, tag, P.CANCELLED.encode()))
             elif kind == P.CONTROL:
                 message = json.loads(payload)
                 if message.get("stop"):
@@ -99,9 +121,12 @@ def serve(sock: socket.socket, spec: dict[str, Any]) -> None:
             out = run(x.reshape(len(good), *input_shape))
             replies += [P.frame(P.RESULT, tag, out[i].tobytes()) for i, (tag, _) in enumerate(good)]
 
-        # emulate the service time: at least service_s, stretched while slow
-        busy = max(time.monotonic() - start, service_s)
-        delay = busy * schedule.slow_factor(start) + schedule.jitter()
+        # emulate the service time: at least the floor, stretched while slow,
+        # then the transport: a fixed delay plus the bytes at the link's rate
+        floor = service_s + per_item_s * (len(batch) - 1)
+        busy = max(time.monotonic() - start, floor)
+        moved = sum(len(p) for _, p in batch) + sum(len(r) for r in replies)
+        delay = busy * schedule.slow_factor(start) + schedule.jitter() + schedule.transport(moved)
         remaining = start + delay - time.monotonic()
         if remaining > 0:
             time.sleep(remaining)

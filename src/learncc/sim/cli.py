@@ -22,25 +22,73 @@ def _numbers(value: str, cast: type, option: str) -> list[Any]:
     try:
         return [cast(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(f"{option} takes numbers separated by commas, got {value!r}") from None
+        raise ConfigError(
+            f"{option} takes numbers separated by commas, got {value!r}"
+        ) from None
 
 
 def simulate(
-    config: Annotated[Path | None, typer.Option(help="TOML or JSON settings, with an optional [sweep] table.")] = None,
-    instances: Annotated[int | None, typer.Option(help="Data instances m of the coded deployment; other modes follow (equal: m + r m/k, replicate: 2m, ...).")] = None,
-    k: Annotated[str | None, typer.Option(help="Queries per coding group; a comma list sweeps.")] = None,
-    r: Annotated[int | None, typer.Option(help="Parity queries per coding group.")] = None,
-    rate: Annotated[str | None, typer.Option(help="Offered load, queries/s; a comma list sweeps.")] = None,
-    duration: Annotated[float | None, typer.Option(help="Simulated seconds of arrivals.")] = None,
-    warmup: Annotated[float | None, typer.Option(help="Seconds of arrivals not counted.")] = None,
-    modes: Annotated[str | None, typer.Option(help="Comma list: coded, equal, none, hedge, replicate, cheap.")] = None,
-    service: Annotated[str | None, typer.Option(help="Service model, e.g. deterministic:ms=5, exponential:mean_ms=5, lognormal:mean_ms=5,sigma=0.5, bimodal:fast_ms=5,slow_ms=50,slow_p=0.05, measured:path=FILE,mode=coded.")] = None,
-    slowdown: Annotated[str | None, typer.Option(help="none, episodes, heavy, jitter, fail-one, crash-one (as learncc bench).")] = None,
-    node_size: Annotated[int | None, typer.Option(help="Instances per node slowed together.")] = None,
-    max_batch: Annotated[int | None, typer.Option(help="Most queued queries an instance serves per batch.")] = None,
-    overhead_ms: Annotated[float | None, typer.Option(help="Constant added to every latency (frontend and transport).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of arrivals, slowdowns and service draws.")] = None,
-    out: Annotated[Path, typer.Option(help="Directory for results.json and plots.")] = Path("runs/sim"),
+    config: Annotated[
+        Path | None,
+        typer.Option(help="TOML or JSON settings, with an optional [sweep] table."),
+    ] = None,
+    instances: Annotated[
+        int | None,
+        typer.Option(
+            help="Data instances m of the coded deployment; other modes follow "
+            "(equal: m + r m/k, replicate: 2m, ...)."
+        ),
+    ] = None,
+    k: Annotated[
+        str | None, typer.Option(help="Queries per coding group; a comma list sweeps.")
+    ] = None,
+    r: Annotated[
+        int | None, typer.Option(help="Parity queries per coding group.")
+    ] = None,
+    rate: Annotated[
+        str | None, typer.Option(help="Offered load, queries/s; a comma list sweeps.")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Simulated seconds of arrivals.")
+    ] = None,
+    warmup: Annotated[
+        float | None, typer.Option(help="Seconds of arrivals not counted.")
+    ] = None,
+    modes: Annotated[
+        str | None,
+        typer.Option(help="Comma list: coded, equal, none, hedge, replicate, cheap."),
+    ] = None,
+    service: Annotated[
+        str | None,
+        typer.Option(
+            help="Service model, e.g. deterministic:ms=5, exponential:mean_ms=5, "
+            "lognormal:mean_ms=5,sigma=0.5, bimodal:fast_ms=5,slow_ms=50,slow_p=0.05, "
+            "measured:path=FILE,mode=coded."
+        ),
+    ] = None,
+    slowdown: Annotated[
+        str | None,
+        typer.Option(
+            help="none, episodes, heavy, jitter, fail-one, crash-one (as bench)."
+        ),
+    ] = None,
+    node_size: Annotated[
+        int | None, typer.Option(help="Instances per node slowed together.")
+    ] = None,
+    max_batch: Annotated[
+        int | None,
+        typer.Option(help="Most queued queries an instance serves per batch."),
+    ] = None,
+    overhead_ms: Annotated[
+        float | None,
+        typer.Option(help="Constant added to every latency (frontend and transport)."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of arrivals, slowdowns and service draws.")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(help="Directory for results.json and plots.")
+    ] = Path("runs/sim"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No info logs.")] = False,
 ) -> None:
     """Simulate coded serving and its baselines at any scale (SimPy),
@@ -54,10 +102,14 @@ def simulate(
     started = time.perf_counter()
     settings, sweep = load_config(config) if config is not None else ({}, {})
     given = {"m": instances, "r": r, "duration_s": duration, "warmup_s": warmup,
-             "modes": modes, "service": service, "slowdown": slowdown, "node_size": node_size,
-             "max_batch": max_batch, "overhead_ms": overhead_ms, "seed": seed}  # fmt: skip
+             "modes": modes, "service": service, "slowdown": slowdown,
+             "node_size": node_size, "max_batch": max_batch,
+             "overhead_ms": overhead_ms, "seed": seed}  # fmt: skip
     settings.update({key: v for key, v in given.items() if v is not None})
-    for option, key, cast, text in (("--k", "k", int, k), ("--rate", "rate_qps", float, rate)):
+    for option, key, cast, text in (
+        ("--k", "k", int, k),
+        ("--rate", "rate_qps", float, rate),
+    ):
         if text is None:
             continue
         values = _numbers(text, cast, option)
@@ -94,12 +146,16 @@ def simulate(
     else:
         report = {"runs": [{"point": point, "latency_ms": summary(results), "sim": cfg.to_dict()}
                            for point, cfg, results in runs], "sweep": sweep}  # fmt: skip
-        labels = {"rate_qps": "offered load (queries/s)", "k": "k (queries per coding group)"}
+        labels = {
+            "rate_qps": "offered load (queries/s)",
+            "k": "k (queries per coding group)",
+        }
         for key, label in labels.items():
             if len(sweep.get(key, [])) > 1:
-                name = "latency_vs_load.png" if key == "rate_qps" else "latency_vs_k.png"
+                name = (
+                    "latency_vs_load.png" if key == "rate_qps" else "latency_vs_k.png"
+                )
                 written.append(plot_sweep(runs, key, out / name, xlabel=label))
     report["elapsed_s"] = time.perf_counter() - started
     _write_json(out / "results.json", report)
     console.print("wrote " + ", ".join(str(p) for p in written))
-

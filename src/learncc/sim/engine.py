@@ -114,7 +114,9 @@ class SimConfig:
     def __post_init__(self) -> None:
         bad = [m for m in self.modes if m not in ALL_MODES]
         if bad or not self.modes:
-            raise ConfigError(f"unknown modes {bad}; choose from {', '.join(ALL_MODES)}")
+            raise ConfigError(
+                f"unknown modes {bad}; choose from {', '.join(ALL_MODES)}"
+            )
         if self.decoder not in DECODERS:
             raise UnknownNameError("decoder", self.decoder, list(DECODERS))
         if self.rate_qps <= 0 or self.duration_s <= 0:
@@ -135,9 +137,13 @@ class SimConfig:
             raise ConfigError("per_item_ms and overhead_ms must be >= 0")
         for name in ("hedge_percentile", "cheap_percentile"):
             if not 0 < getattr(self, name) < 100:
-                raise ConfigError(f"{name} must be in (0, 100), got {getattr(self, name)}")
+                raise ConfigError(
+                    f"{name} must be in (0, 100), got {getattr(self, name)}"
+                )
         if self.cheap_fraction is not None and not 0 < self.cheap_fraction <= 1:
-            raise ConfigError(f"cheap_fraction must be in (0, 1], got {self.cheap_fraction}")
+            raise ConfigError(
+                f"cheap_fraction must be in (0, 1], got {self.cheap_fraction}"
+            )
         for mode in self.modes:
             plan(mode, m=self.m, k=self.k, r=self.r)  # validates m (>= k if coded)
         self.make_decoder()  # validates k, r for the decoder
@@ -151,7 +157,9 @@ class SimConfig:
 
     @property
     def backup_fraction(self) -> float:
-        return self.cheap_fraction if self.cheap_fraction is not None else 1 / (2 * self.k)
+        return (
+            self.cheap_fraction if self.cheap_fraction is not None else 1 / (2 * self.k)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -228,7 +236,11 @@ class SimResult:
     waits_ms: np.ndarray | None = field(default=None, repr=False)  # see record_waits
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in ("latencies_ms", "waits_ms")}
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("latencies_ms", "waits_ms")
+        }
 
 
 class _Event:
@@ -381,13 +393,17 @@ class _Engine:
         qid += 1
         self.next_arrival = qid
         if qid < len(self.arrivals):
-            self._schedule(_Event(self._on_arrival, None), NORMAL, self.arrivals[qid] - now)
+            self._schedule(
+                _Event(self._on_arrival, None), NORMAL, self.arrivals[qid] - now
+            )
             self.events += 1
 
     def _pick(self, role: str, avoid: Any = (), among: range | None = None) -> int:
         rr = self.rr
         n = len(self.alive[role])
-        choice = pick_instance(n, rr[role], self.alive_at[role], avoid, among, role=role)
+        choice = pick_instance(
+            n, rr[role], self.alive_at[role], avoid, among, role=role
+        )
         rr[role] = choice + 1 if choice + 1 < n else 0
         return choice
 
@@ -643,7 +659,11 @@ class _Engine:
         n += 1
         self.ring_n = n
         if n % _REFRESH == 0:
-            pct = self.cfg.hedge_percentile if self.mode == "hedge" else self.cfg.cheap_percentile
+            pct = (
+                self.cfg.hedge_percentile
+                if self.mode == "hedge"
+                else self.cfg.cheap_percentile
+            )
             self.threshold_s = float(np.percentile(self.ring[: min(n, _WINDOW)], pct))
 
     # -- cheap backups --------------------------------------------------------

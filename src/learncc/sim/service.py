@@ -299,7 +299,9 @@ def parse_service(spec: str | dict[str, Any]) -> ServiceModel:
         return Bimodal(numbers.pop("fast_ms"), numbers.pop("slow_ms"),
                        **_no_extra(name, numbers))  # fmt: skip
     except KeyError as e:
-        raise ConfigError(f"service model {name!r} needs parameter {e.args[0]}") from None
+        raise ConfigError(
+            f"service model {name!r} needs parameter {e.args[0]}"
+        ) from None
     except (TypeError, ValueError) as e:
         raise ConfigError(f"bad parameters for service model {name!r}: {e}") from None
 

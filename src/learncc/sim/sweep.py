@@ -66,7 +66,11 @@ def load_config(path: str | Path) -> tuple[dict[str, Any], dict[str, list[Any]]]
         raise ConfigError("the config's sweep must be a table of lists")
     check_keys(raw)
     check_keys(sweep)
-    bad = [key for key, values in sweep.items() if not isinstance(values, list) or not values]
+    bad = [
+        key
+        for key, values in sweep.items()
+        if not isinstance(values, list) or not values
+    ]
     if bad:
         raise ConfigError(f"sweep values must be non-empty lists; not so for {bad}")
     return raw, sweep
@@ -75,7 +79,9 @@ def load_config(path: str | Path) -> tuple[dict[str, Any], dict[str, list[Any]]]
 def check_keys(settings: dict[str, Any]) -> None:
     unknown = sorted(set(settings) - set(FIELDS))
     if unknown:
-        raise ConfigError(f"unknown simulator settings {unknown}; known: {', '.join(FIELDS)}")
+        raise ConfigError(
+            f"unknown simulator settings {unknown}; known: {', '.join(FIELDS)}"
+        )
 
 
 def make_config(settings: dict[str, Any]) -> SimConfig:
@@ -89,7 +95,9 @@ def make_config(settings: dict[str, Any]) -> SimConfig:
     if "modes" in values:
         modes = values["modes"]
         values["modes"] = tuple(
-            m.strip() for m in (modes.split(",") if isinstance(modes, str) else modes) if m.strip()
+            m.strip()
+            for m in (modes.split(",") if isinstance(modes, str) else modes)
+            if m.strip()
         )
     if "service" in values and not isinstance(values["service"], ServiceModel):
         values["service"] = parse_service(values["service"])
@@ -107,7 +115,10 @@ def make_config(settings: dict[str, Any]) -> SimConfig:
 def expand(sweep: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """Every combination of the swept values, in a stable order."""
     keys = list(sweep)
-    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*sweep.values())]
+    return [
+        dict(zip(keys, combo, strict=True))
+        for combo in itertools.product(*sweep.values())
+    ]
 
 
 def run_sweep(

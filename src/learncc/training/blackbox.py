@@ -227,9 +227,8 @@ def train_parity_regression(
     if len(parity_models) != decoder.r:
         raise ConfigError(f"need r={decoder.r} parity models, got {len(parity_models)}")
     base.requires_grad_(False).eval()
-    trained = nn.ModuleDict(
-        {"parity": nn.ModuleList(parity_models), "encoder": encoder, "decoder": decoder}
-    )
+    parity = nn.ModuleList(parity_models)
+    trained = nn.ModuleDict({"parity": parity, "encoder": encoder, "decoder": decoder})
     params = [p for p in trained.parameters() if p.requires_grad]
     if not params:
         raise ConfigError(
@@ -268,7 +267,7 @@ def train_parity_regression(
             # encode the coding group and run parity model j on parity query j
             queries = encoder(xb.view(len(g), k, *xb.shape[1:]))  # (G, r, *in)
             p_out = torch.stack(
-                [m(queries[:, j]) for j, m in enumerate(trained["parity"])], dim=1
+                [m(queries[:, j]) for j, m in enumerate(parity)], dim=1
             )  # (G, r, out)
 
             batch_loss = code_loss(loss, decoder, f_out, p_out, y[g], gen)
@@ -280,7 +279,7 @@ def train_parity_regression(
         # keep the best epoch by the validation reconstruction metric
         trained.eval()
         val = evaluate_regression(
-            base, list(trained["parity"]), encoder, decoder, data.val,
+            base, list(parity), encoder, decoder, data.val,
             metric=metric, default_output=default, rounds=1, seed=cfg.seed,
         )[f"reconstruction_{metric}"]  # fmt: skip
         if best["val"] is None or (

@@ -1,0 +1,453 @@
+"""The aiohttp application: shared state, guard middleware and the plain API.
+
+Every response is JSON (``/metrics`` excepted), and every failure has the
+form ``{"error": message}``, which is also the Open Inference Protocol's error
+form. The guard middleware maps causes to status codes in one place:
+
+=============================================  ======================
+cause                                          status
+=============================================  ======================
+missing or wrong bearer token                  401 + WWW-Authenticate
+unknown route / model                          404
+body over ``max_body_bytes``                   413
+wrong content type                             415
+malformed body, shape, dtype, NaN/inf          400
+``OverloadedError`` or the server is draining  503 + Retry-After
+no live instance, frontend closed              503
+``QueryTimeoutError``                          504
+anything unexpected (a bug)                    500, logged, no traceback
+=============================================  ======================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+from aiohttp import web
+
+from learncc.errors import (
+    BackendUnavailableError,
+    BadQueryError,
+    ConfigError,
+    FrontendClosedError,
+    OverloadedError,
+    QueryTimeoutError,
+)
+from learncc.serving.backend import DATA
+from learncc.serving.frontend import Answer, Frontend
+from learncc.serving.metrics import CONTENT_TYPE, ServingMetrics
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH_INPUTS = 1024
+# The one path a load balancer or orchestrator may probe without the token.
+PUBLIC_PATHS = frozenset({"/v2/health/live"})
+
+
+class HttpError(Exception):
+    """A request the app answers with ``status`` and ``{"error": message}``."""
+
+    def __init__(
+        self, status: int, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+        self.headers = dict(headers or {})
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """The app's options; see ``make_app`` for their meaning."""
+
+    model_name: str = "model"
+    output_shape: tuple[int, ...] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    token: str | None = None
+    max_body_bytes: int = 8 << 20
+    max_batch: int = MAX_BATCH_INPUTS
+    default_deadline_s: float | None = None
+    retry_after_s: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.model_name or "/" in self.model_name:
+            raise ConfigError(
+                f"model_name must be a non-empty name without '/', got {self.model_name!r}"
+            )
+        if self.token is not None and not self.token:
+            raise ConfigError("token must be None (no authentication) or non-empty")
+        if self.max_body_bytes < 1024:
+            raise ConfigError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+        if self.max_batch < 1:
+            raise ConfigError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.default_deadline_s is not None and not self.default_deadline_s > 0:
+            raise ConfigError(
+                f"default_deadline_s must be > 0 or None, got {self.default_deadline_s}"
+            )
+        if self.retry_after_s < 0:
+            raise ConfigError(f"retry_after_s must be >= 0, got {self.retry_after_s}")
+
+
+class Service:
+    """What the handlers share: the frontend, the settings and the metrics."""
+
+    def __init__(
+        self, frontend: Frontend, settings: HttpSettings, metrics: ServingMetrics
+    ) -> None:
+        self.frontend, self.settings, self.metrics = frontend, settings, metrics
+        # set by HttpServer.shutdown: new queries get 503 while in-flight ones finish
+        self.draining = False
+
+    def not_ready_reason(self) -> str | None:
+        """Why the server cannot serve a query now, or None if it can."""
+        if self.draining:
+            return "the server is shutting down"
+        backend = self.frontend.backend
+        if not any(backend.alive(DATA, i) for i in range(backend.counts[DATA])):
+            return "no live data instance"
+        return None
+
+    async def run(self, queries: list[np.ndarray], deadline_s: float | None) -> list[Answer]:
+        """Submit every query at once and wait for all the answers.
+
+        Raises:
+            HttpError: 503 while draining.
+            OverloadedError, FrontendClosedError: refused; the queries of the
+                batch accepted before the refusal are served and their answers
+                dropped (the frontend cannot take them back).
+            QueryTimeoutError, BackendUnavailableError, FrontendClosedError:
+                the first failure among the batch's queries.
+        """
+        if self.draining:
+            raise HttpError(
+                503,
+                "the server is shutting down; retry on another replica",
+                {"Retry-After": str(self.settings.retry_after_s)},
+            )
+        if deadline_s is None:
+            deadline_s = self.settings.default_deadline_s
+        futures: list[asyncio.Future[Answer]] = []
+        try:
+            for x in queries:
+                future = self.frontend.submit(x, deadline_s=deadline_s)
+                future.add_done_callback(_Timer(self.metrics, time.perf_counter()))
+                futures.append(future)
+        except (OverloadedError, FrontendClosedError):
+            for future in futures:
+                future.add_done_callback(_retrieve)
+            raise
+        outcomes = await asyncio.gather(*futures, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return outcomes  # type: ignore[return-value]
+
+    def deadline_from(self, value: Any, *, name: str, scale_s: float) -> float | None:
+        """Parse a per-request deadline given in units of ``scale_s`` seconds.
+
+        Raises:
+            HttpError: 400 unless ``value`` is None or a finite number > 0.
+        """
+        if value is None:
+            return None
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                value = math.nan
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise HttpError(400, f"{name} must be a number > 0, got {value!r}")
+        if not (math.isfinite(value) and value > 0):
+            raise HttpError(400, f"{name} must be a finite number > 0, got {value!r}")
+        return float(value) * scale_s
+
+
+class _Timer:
+    """Done callback that records a query's latency under its outcome."""
+
+    __slots__ = ("metrics", "start_s")
+
+    def __init__(self, metrics: ServingMetrics, start_s: float) -> None:
+        self.metrics, self.start_s = metrics, start_s
+
+    def __call__(self, future: asyncio.Future[Answer]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.metrics.observe_answer(future.result(), time.perf_counter() - self.start_s)
+
+
+def _retrieve(future: asyncio.Future[Answer]) -> None:
+    # marks the exception retrieved so asyncio does not log it as lost
+    if not future.cancelled():
+        future.exception()
+
+
+SERVICE = web.AppKey("service", Service)
+
+
+def json_response(
+    data: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(
+    status: int, message: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return json_response({"error": message}, status, headers)
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole request body, at most ``max_body_bytes``.
+
+    Raises:
+        HttpError: 413 over the limit, 400 when empty.
+    """
+    limit = request.app[SERVICE].settings.max_body_bytes
+    too_large = HttpError(413, f"body exceeds the {limit}-byte limit (max_body_bytes)")
+    # refuse on the declared length before reading anything
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large from None
+    if not body:
+        raise HttpError(400, "empty body; send a JSON request")
+    return body
+
+
+def _check_token(request: web.Request, token: str) -> None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, supplied = header.partition(" ")
+    if not header:
+        raise HttpError(
+            401,
+            "missing bearer token: send 'Authorization: Bearer <token>'",
+            {"WWW-Authenticate": 'Bearer realm="learncc"'},
+        )
+    # compare_digest so the time taken does not reveal how much of it matched
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        supplied.strip().encode(), token.encode()
+    ):
+        raise HttpError(
+            401,
+            "wrong bearer token",
+            {"WWW-Authenticate": 'Bearer realm="learncc", error="invalid_token"'},
+        )
+
+
+def _error_for(e: Exception, request: web.Request, service: Service) -> web.Response:
+    """The JSON answer to a failure; re-raises what has no known cause."""
+    retry = {"Retry-After": str(service.settings.retry_after_s)}
+    if isinstance(e, HttpError):
+        return error_response(e.status, e.message, e.headers)
+    if isinstance(e, web.HTTPException):
+        # aiohttp's own 404 and 405 come with a text body: give the JSON form,
+        # keeping the Allow header of a 405
+        allow = e.headers.get("Allow")
+        if e.status == 404:
+            return error_response(404, f"no route {request.path!r}; see /openapi.json")
+        if e.status == 405 and allow is not None:
+            return error_response(
+                405,
+                f"{request.method} is not allowed on {request.path!r}; use {allow}",
+                {"Allow": allow},
+            )
+        return error_response(e.status, e.reason)
+    if isinstance(e, BadQueryError):
+        return error_response(400, str(e))
+    if isinstance(e, OverloadedError):
+        return error_response(503, str(e), retry)
+    if isinstance(e, QueryTimeoutError):
+        return error_response(504, str(e))
+    if isinstance(e, (BackendUnavailableError, FrontendClosedError)):
+        return error_response(503, str(e), retry)
+    raise e
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate, run the handler, map errors to JSON, count the request."""
+    service = request.app[SERVICE]
+    try:
+        token = service.settings.token
+        if token is not None and request.path not in PUBLIC_PATHS:
+            _check_token(request, token)
+        response = await handler(request)
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # noqa: BLE001 - every failure must become a JSON answer
+        try:
+            response = _error_for(e, request, service)
+        except Exception:
+            logger.exception("unhandled error serving %s %s", request.method, request.path)
+            response = error_response(
+                500, f"internal error ({type(e).__name__}); the server log has details"
+            )
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    service.metrics.observe_request(route, response.status)
+    return response
+
+
+# -- the plain JSON API ------------------------------------------------------
+
+
+def _answer_json(answer: Answer) -> dict[str, Any]:
+    return {
+        "output": answer.output.tolist(),
+        "top1": int(np.argmax(answer.output)),
+        "reconstructed": answer.reconstructed,
+        "default": answer.default,
+    }
+
+
+def parse_input(value: Any, frontend: Frontend) -> np.ndarray:
+    """Turn a JSON value into a checked query array.
+
+    A flat list of the input's size is reshaped to the input shape.
+
+    Raises:
+        BadQueryError: not a rectangular numeric array of the input shape, or
+            it holds NaN or infinity.
+    """
+    if isinstance(value, (str, bytes, dict, bool)) or value is None:
+        raise BadQueryError(
+            f"'input' must be a nested list of numbers, got {type(value).__name__}"
+        )
+    try:
+        x = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError):
+        raise BadQueryError(
+            "'input' must be a rectangular nested list of numbers "
+            f"of shape {list(frontend.input_shape)}"
+        ) from None
+    if x.ndim == 1 and x.size == math.prod(frontend.input_shape):
+        x = x.reshape(frontend.input_shape)
+    return frontend.check_input(x)
+
+
+async def health(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    reason = service.not_ready_reason()
+    body = {"status": "ok" if reason is None else reason}
+    return json_response({**body, **asdict(service.frontend.statistics())})
+
+
+async def model(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    settings = service.settings
+    output_shape = list(settings.output_shape) if settings.output_shape else None
+    return json_response({
+        "name": settings.model_name,
+        "input_shape": list(service.frontend.input_shape),
+        "output_shape": output_shape,
+        **settings.info,
+    })  # fmt: skip
+
+
+async def infer(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    if request.content_type != "application/json":
+        raise HttpError(
+            415, f"send JSON (Content-Type: application/json), not {request.content_type!r}"
+        )
+    deadline_s = service.deadline_from(
+        request.query.get("timeout_ms"), name="query parameter timeout_ms", scale_s=1e-3
+    )
+    body = await read_body(request)
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise HttpError(400, f"malformed JSON: {e}") from None
+    if not isinstance(doc, dict) or ("input" in doc) == ("inputs" in doc):
+        raise HttpError(400, "send an object with exactly one of 'input' or 'inputs'")
+    if "input" in doc:
+        queries = [parse_input(doc["input"], service.frontend)]
+    else:
+        inputs = doc["inputs"]
+        if not isinstance(inputs, list) or not inputs:
+            raise HttpError(400, "'inputs' must be a non-empty list of inputs")
+        if len(inputs) > service.settings.max_batch:
+            raise HttpError(400, f"at most {service.settings.max_batch} inputs per request")
+        queries = [parse_input(v, service.frontend) for v in inputs]
+    answers = [_answer_json(a) for a in await service.run(queries, deadline_s)]
+    return json_response(answers[0] if "input" in doc else {"answers": answers})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[SERVICE].metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def make_app(
+    frontend: Frontend,
+    *,
+    model_name: str = "model",
+    output_shape: tuple[int, ...] | None = None,
+    info: dict[str, Any] | None = None,
+    token: str | None = None,
+    max_body_bytes: int = 8 << 20,
+    max_batch: int = MAX_BATCH_INPUTS,
+    default_deadline_s: float | None = None,
+    retry_after_s: int = 1,
+    metrics: ServingMetrics | None = None,
+) -> web.Application:
+    """The aiohttp application; the caller owns the frontend's lifecycle.
+
+    Args:
+        frontend: serves the queries; it must be started before requests come.
+        model_name: the model's name in ``/v2/models/{name}``.
+        output_shape: shape of one output, for the model metadata; ``None``
+            advertises ``-1`` (unknown) dimensions.
+        info: extra fields for ``GET /model`` (mode, instance counts, ...).
+        token: bearer token required on every route but ``/v2/health/live``;
+            ``None`` leaves the API open (bind to 127.0.0.1 then).
+        max_body_bytes: larger request bodies get 413 before they are read.
+        max_batch: most inputs in one request (each is one frontend query).
+        default_deadline_s: deadline given to queries whose request names
+            none; ``None`` leaves them to the frontend's ``query_timeout_s``.
+        retry_after_s: the ``Retry-After`` header on 503 answers.
+        metrics: where to record; by default a fresh ``ServingMetrics``.
+
+    Raises:
+        ConfigError: an option is out of range (the message names it).
+    """
+    from learncc.serving.http import oip, openapi
+
+    settings = HttpSettings(
+        model_name=model_name,
+        output_shape=tuple(output_shape) if output_shape is not None else None,
+        info=dict(info or {}),
+        token=token,
+        max_body_bytes=max_body_bytes,
+        max_batch=max_batch,
+        default_deadline_s=default_deadline_s,
+        retry_after_s=retry_after_s,
+    )
+    # client_max_size is the backstop for bodies without Content-Length
+    app = web.Application(client_max_size=max_body_bytes, middlewares=[guard])
+    app[SERVICE] = Service(frontend, settings, metrics or ServingMetrics(frontend))
+    app.router.add_get("/health", health)
+    app.router.add_get("/model", model)
+    app.router.add_post("/infer", infer)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi.serve_document)
+    oip.add_routes(app)
+    return app

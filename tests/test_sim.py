@@ -1,0 +1,428 @@
+"""The simulator (learncc.sim): dispatch policy, exact toy runs, queueing
+theory, service models, the CLI, and a comparison with the real backend."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from learncc.cli import app
+from learncc.errors import BackendUnavailableError, ConfigError, UnknownNameError
+from learncc.serving.deploy import ALL_MODES, MODES, deployment, plan
+from learncc.serving.policy import pick_instance
+from learncc.serving.slowdown import instance_schedule, preset
+from learncc.sim import (
+    Bimodal,
+    Deterministic,
+    Exponential,
+    LogNormal,
+    SimConfig,
+    from_bench,
+    load_measured,
+    parse_service,
+    simulate,
+    simulate_mode,
+)
+from learncc.sim.engine import _Engine
+
+HANG_DATA_0 = {"slowdown": "fail-one", "slowdown_overrides": {"fail_at_s": 0.0}}
+
+
+def run(mode: str, arrivals_s: Any, **changes: Any) -> Any:
+    """One mode on explicit arrivals: m=2, k=2, 5 ms per batch, no slowdown."""
+    base: dict[str, Any] = dict(
+        modes=(mode,), m=2, k=2, rate_qps=100, duration_s=1.0, warmup_s=0.0,
+        service=Deterministic(5.0), slowdown="none", flush_timeout_s=1.0,
+    )  # fmt: skip
+    base.update(changes)
+    return simulate_mode(SimConfig(**base), mode, arrivals_s=np.asarray(arrivals_s))
+
+
+# -- the dispatch policy shared with the frontend ------------------------------
+
+
+def frontend_pick(n: int, start: int, alive: list[bool], avoid: set[int],
+                  among: range | None) -> int:  # fmt: skip
+    """The frontend's original _pick, written out as the reference. (It wrote
+    ``among or range(n)``, which reads an empty ``among`` as all instances;
+    the frontend never passes one, as it has >= r parity instances.)"""
+    candidates = [i for i in (among if among is not None else range(n)) if alive[i]]
+    if not candidates:
+        raise BackendUnavailableError("none")
+    ordered = sorted(candidates, key=lambda i: (i - start) % n)
+    return next((i for i in ordered if i not in avoid), ordered[0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_pick_instance_matches_the_frontend_round_robin(data: st.DataObject) -> None:
+    n = data.draw(st.integers(1, 12))
+    start = data.draw(st.integers(0, n - 1))
+    alive = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    avoid = data.draw(st.sets(st.integers(0, n - 1), max_size=n))
+    r = data.draw(st.integers(1, 3))
+    among = data.draw(
+        st.sampled_from([None, range(data.draw(st.integers(0, r - 1)), n, r)])
+    )
+    try:
+        expected = frontend_pick(n, start, alive, avoid, among)
+    except BackendUnavailableError:
+        with pytest.raises(BackendUnavailableError, match="no live parity instance"):
+            pick_instance(n, start, alive.__getitem__, avoid, among, role="parity")
+        return
+    assert pick_instance(n, start, alive.__getitem__, avoid, among) == expected
+
+
+def test_pick_instance_skips_group_members_then_falls_back() -> None:
+    alive = [True, True, True, True]
+    assert pick_instance(4, 1, alive.__getitem__, {1, 2}) == 3
+    assert pick_instance(4, 3, alive.__getitem__, {3, 0}) == 1
+    # every live instance already holds a member: share the first in order
+    assert pick_instance(4, 2, [False, True, False, True].__getitem__, {1, 3}) == 3
+
+
+# -- deployments ---------------------------------------------------------------
+
+
+def test_plan_sizes_the_baselines_at_their_resources() -> None:
+    sizes = {mode: plan(mode, m=8, k=4, r=1) for mode in ALL_MODES}
+    got = {m: (d.data_instances, d.parity_instances, d.backup_instances, d.instances)
+           for m, d in sizes.items()}  # fmt: skip
+    assert got == {
+        "none": (8, 0, 0, 8),
+        "equal": (10, 0, 0, 10),
+        "coded": (8, 2, 0, 10),
+        "hedge": (10, 0, 0, 10),
+        "replicate": (16, 0, 0, 16),
+        "cheap": (8, 0, 2, 10),
+    }
+    assert plan("none", m=1, k=2, r=1).instances == 1  # uncoded needs no m >= k
+    with pytest.raises(
+        ConfigError, match="m=1 data instances cannot hold a coding group of k=2"
+    ):
+        plan("coded", m=1, k=2, r=1)
+
+
+def test_deployment_refuses_modes_the_frontend_cannot_serve(tmp_path: Path) -> None:
+    assert "hedge" not in MODES
+    with pytest.raises(UnknownNameError, match="unknown served mode 'hedge'"):
+        deployment(tmp_path, "hedge", m=4)
+
+
+# -- exact toy runs ------------------------------------------------------------
+
+
+def test_fifo_queue_with_deterministic_service() -> None:
+    result = run("none", [0.0, 0.001, 0.002], m=1)
+    np.testing.assert_allclose(result.latencies_ms, [5.0, 9.0, 13.0])
+    assert (result.n, result.errors, result.instances) == (3, 0, 1)
+
+
+def test_coded_rebuilds_every_query_of_a_hung_instance() -> None:
+    # As tests/test_serving.py does for real: round robin puts the first member
+    # of every group on data/0, which hangs; each is rebuilt once its group's
+    # parity and other member are back. Worked out by hand: q0 waits for q1 and
+    # the parity (both done at 6 ms); q3 and group 1's parity queue behind them.
+    result = run("coded", np.arange(8) * 0.001, **HANG_DATA_0)
+    np.testing.assert_allclose(result.latencies_ms, [6, 5, 9, 8, 12, 11, 15, 14])
+    assert (result.reconstructed, result.errors, result.instances) == (4, 0, 3)
+
+
+def test_partial_group_is_flushed_with_a_fill_query() -> None:
+    # Arrivals 10 ms apart, flush after 5 ms: every group holds one query. On
+    # the hung instance it is rebuilt from fill + parity (sent at 5 ms, back at
+    # 10 ms); on data/1 it is answered at 5 ms and its group sends no parity.
+    result = run("coded", np.arange(6) * 0.010, flush_timeout_s=0.005, **HANG_DATA_0)
+    np.testing.assert_allclose(result.latencies_ms, [10, 5, 10, 5, 10, 5])
+    assert result.reconstructed == 3
+
+
+def test_crashed_instance_queries_are_dispatched_again() -> None:
+    result = run("coded", np.arange(8) * 0.001, slowdown="crash-one",
+                 slowdown_overrides={"fail_at_s": 0.0})  # fmt: skip
+    # q0 is lost with data/0 and sent to data/1; q1 then shares data/1 but is
+    # rebuilt at 6 ms from q0 and the parity; later queries all queue on data/1.
+    np.testing.assert_allclose(result.latencies_ms[:4], [5, 5, 13, 12])
+    assert (result.redispatched, result.errors, result.reconstructed) == (1, 0, 4)
+
+
+def test_uncoded_queries_on_a_hung_instance_time_out() -> None:
+    result = run("equal", np.arange(8) * 0.001, query_timeout_s=0.5, **HANG_DATA_0)
+    assert (result.instances, result.errors, result.n) == (3, 3, 5)  # q0, q3, q6
+    np.testing.assert_allclose(result.latencies_ms, [5, 5, 7, 7, 9])
+
+
+def test_replicate_sends_every_query_twice_and_survives_a_hang() -> None:
+    result = run("replicate", np.arange(8) * 0.001, **HANG_DATA_0)
+    assert (result.instances, result.duplicates, result.errors) == (4, 8, 0)
+    np.testing.assert_allclose(result.latencies_ms, [5, 5, 8, 8, 11, 11, 14, 14])
+
+
+def test_cheap_backup_answers_for_a_hung_instance() -> None:
+    # one backup instance at 1/(2k) = 1/4 of the 5 ms service; before any
+    # median is known a backup answer is used as soon as it comes first
+    result = run("cheap", np.arange(8) * 0.001, **HANG_DATA_0)
+    assert (result.instances, result.backup_instances, result.errors) == (3, 1, 0)
+    assert result.reconstructed == 8
+    np.testing.assert_allclose(result.latencies_ms, 1.25 + 0.25 * np.arange(8))
+
+
+def test_hedging_sends_copies_after_the_running_p95_and_cuts_the_tail() -> None:
+    cfg = SimConfig(modes=("equal", "hedge"), m=8, k=2, rate_qps=800, duration_s=20,
+                    warmup_s=2, service=Bimodal(4.0, 40.0, 0.01), slowdown="none")  # fmt: skip
+    results = simulate(cfg)
+    hedge, equal = results["hedge"], results["equal"]
+    assert hedge.instances == equal.instances == 12
+    # about 5% of queries outlive the p95, a few more when hedges queue
+    assert 0.03 < hedge.duplicates / hedge.n < 0.10
+    assert hedge.p99 < 0.6 * equal.p99
+    assert hedge.reconstructed > 0 and hedge.errors == 0
+
+
+def test_coding_cuts_the_tail_under_slow_episodes() -> None:
+    cfg = SimConfig(modes=("coded", "equal"), m=8, k=2, rate_qps=800, duration_s=20,
+                    warmup_s=2, slowdown="episodes")  # fmt: skip
+    results = simulate(cfg)
+    coded, equal = results["coded"], results["equal"]
+    assert coded.instances == equal.instances == 12
+    assert coded.p50 == pytest.approx(5.0, abs=0.01) and equal.p50 == pytest.approx(
+        5.0, abs=0.01
+    )
+    assert coded.p99 < 0.5 * equal.p99
+    assert 0 < coded.reconstructed_fraction < 0.3
+    # the same arrivals were offered to both
+    assert coded.n == equal.n
+
+
+def test_simulation_is_reproducible_and_seeded() -> None:
+    cfg = SimConfig(modes=("coded",), m=4, rate_qps=300, duration_s=5, warmup_s=1)
+    a, b = simulate(cfg)["coded"], simulate(cfg)["coded"]
+    np.testing.assert_array_equal(a.latencies_ms, b.latencies_ms)
+    other = simulate(SimConfig(modes=("coded",), m=4, rate_qps=300, duration_s=5,
+                               warmup_s=1, seed=1))["coded"]  # fmt: skip
+    assert a.n != other.n
+
+
+# -- slowdown schedules are the bench's ------------------------------------------
+
+
+def test_instances_get_the_bench_schedules_and_nodes_share_them() -> None:
+    cfg = SimConfig(modes=("coded",), m=4, k=2, duration_s=10, warmup_s=1, seed=3)
+    engine = _Engine(cfg, "coded", np.array([0.0]), False)
+    slowdown = preset("episodes")
+    numbered = engine.instances["data"] + engine.instances["parity"]
+    assert [inst.g for inst in numbered] == list(range(6))
+    for g, inst in enumerate(numbered):
+        episodes = instance_schedule(slowdown, g, 70, 3)["episodes"]
+        assert list(zip(inst.starts, inst.ends, strict=True)) == episodes
+
+    paired = _Engine(
+        SimConfig(**{**cfg.__dict__, "node_size": 2}), "coded", np.array([0.0]), False
+    )
+    data = paired.instances["data"]
+    assert data[0].starts == data[1].starts and data[2].starts == data[3].starts
+    assert data[0].starts != data[2].starts
+
+
+# -- against queueing theory ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("rho", "duration_s", "seed"), [(0.5, 200, 0), (0.7, 300, 2)])
+def test_mm1_waiting_time_matches_closed_forms(
+    rho: float, duration_s: float, seed: int
+) -> None:
+    mu, lam = 1000.0, rho * 1000.0  # per second: 1 ms mean service
+    cfg = SimConfig(modes=("none",), m=1, rate_qps=lam, duration_s=duration_s, warmup_s=10,
+                    service=Exponential(1.0), slowdown="none", seed=seed)  # fmt: skip
+    result = simulate_mode(cfg, "none", record_waits=True)
+    waits = result.waits_ms
+    assert waits is not None and len(waits) == result.n
+    # W_q: mean rho / (mu - lambda); P(W_q > t) = rho exp(-(mu - lambda) t)
+    mean_ms = rho / (mu - lam) * 1000
+    p99_ms = math.log(100 * rho) / (mu - lam) * 1000
+    assert np.mean(waits) == pytest.approx(mean_ms, rel=0.05)
+    assert np.percentile(waits, 99) == pytest.approx(p99_ms, rel=0.05)
+    assert np.mean(waits > 0) == pytest.approx(rho, rel=0.05)
+    # response time T ~ Exp(mu - lambda), read from the HDR histogram
+    assert result.p99 == pytest.approx(math.log(100) / (mu - lam) * 1000, rel=0.05)
+
+
+# -- service models ------------------------------------------------------------
+
+
+def test_parse_service_models() -> None:
+    assert parse_service("5") == Deterministic(5.0)
+    assert parse_service("deterministic:ms=2.5") == Deterministic(2.5)
+    assert parse_service("exponential:mean_ms=4") == Exponential(4.0)
+    assert parse_service("lognormal:mean_ms=5,sigma=0.25") == LogNormal(5.0, 0.25)
+    assert parse_service({"name": "bimodal", "fast_ms": 1, "slow_ms": 9}) == Bimodal(
+        1.0, 9.0
+    )
+    with pytest.raises(UnknownNameError, match="unknown service model 'gamma'"):
+        parse_service("gamma:k=2")
+    with pytest.raises(ConfigError, match="'lognormal' needs parameter mean_ms"):
+        parse_service("lognormal:sigma=1")
+    with pytest.raises(ConfigError, match=r"'exponential' does not take \['sigma'\]"):
+        parse_service("exponential:mean_ms=1,sigma=2")
+    with pytest.raises(ConfigError, match="service mean_ms must be > 0"):
+        parse_service("exponential:mean_ms=0")
+
+
+def test_lognormal_and_bimodal_means() -> None:
+    rng = np.random.default_rng(0)
+    assert LogNormal(5.0, 0.5).draw_ms(rng, "data", 0, 200_000).mean() == pytest.approx(
+        5, rel=0.01
+    )
+    draws = Bimodal(1.0, 11.0, 0.1).draw_ms(rng, "data", 0, 200_000)
+    assert set(np.unique(draws)) == {1.0, 11.0}
+    assert draws.mean() == pytest.approx(
+        Bimodal(1.0, 11.0, 0.1).expected_ms(), rel=0.02
+    )
+
+
+def write_service_times(path: Path) -> Path:
+    # the shape `learncc bench` writes: mode -> "role/index" -> per-batch ms
+    path.write_text(json.dumps({
+        "coded": {"data/0": [2.0, 2.0], "data/1": [4.0], "parity/0": [3.0]},
+        "equal": {"data/0": [7.0]},
+    }))  # fmt: skip
+    return path
+
+
+def test_measured_service_times_replay_per_instance(tmp_path: Path) -> None:
+    measured = load_measured(
+        write_service_times(tmp_path / "service_times.json"), "coded"
+    )
+    # far-apart arrivals: no queueing, so latency is the replayed sample;
+    # round robin alternates data/0 (2 ms) and data/1 (4 ms); a third
+    # simulated instance would replay data/0 again (index % 2)
+    result = run("none", np.arange(6) * 0.1, service=measured)
+    np.testing.assert_allclose(result.latencies_ms, [2, 4, 2, 4, 2, 4])
+    pooled = parse_service(
+        f"measured:path={tmp_path / 'service_times.json'},mode=coded,pooled=true"
+    )
+    result = run("none", np.arange(200) * 0.1, service=pooled, duration_s=30)
+    assert set(np.unique(result.latencies_ms.round(6))) == {2.0, 4.0}
+    with pytest.raises(ConfigError, match="has no mode 'hedge'"):
+        load_measured(tmp_path / "service_times.json", "hedge")
+
+
+# -- configuration and the bench -------------------------------------------------
+
+
+def test_from_bench_copies_the_real_run_settings() -> None:
+    from learncc.bench.run import BenchConfig
+
+    bench = BenchConfig(modes=("coded", "equal"), rate_qps=200, duration_s=5, warmup_s=1,
+                        slowdown="episodes", m=4, service_ms=5, seed=7)  # fmt: skip
+    cfg = from_bench(bench, k=2, r=1, overhead_ms=0.5)
+    assert (cfg.modes, cfg.m, cfg.k, cfg.rate_qps, cfg.duration_s, cfg.warmup_s) == (
+        ("coded", "equal"), 4, 2, 200, 5, 1)  # fmt: skip
+    assert (cfg.service, cfg.slowdown, cfg.seed, cfg.overhead_ms) == (
+        Deterministic(5.0), "episodes", 7, 0.5)  # fmt: skip
+
+
+def test_config_errors_name_the_parameter() -> None:
+    with pytest.raises(ConfigError, match="unknown modes"):
+        SimConfig(modes=("coded", "magic"))
+    with pytest.raises(ConfigError, match=r"warmup_s \(5\) must be in"):
+        SimConfig(duration_s=5, warmup_s=5)
+    with pytest.raises(UnknownNameError, match="unknown slowdown 'sometimes'"):
+        SimConfig(slowdown="sometimes")
+    with pytest.raises(ConfigError, match="hedge_percentile must be in"):
+        SimConfig(hedge_percentile=100)
+
+
+# -- the command line ------------------------------------------------------------
+
+
+def test_cli_single_run_writes_bench_shaped_results(tmp_path: Path) -> None:
+    out = tmp_path / "sim"
+    res = CliRunner().invoke(app, [
+        "simulate", "--instances", "4", "--k", "2", "--rate", "300", "--duration", "4",
+        "--warmup", "1", "--modes", "coded,equal,hedge", "--service", "exponential:mean_ms=5",
+        "--out", str(out), "-q",
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "results.json").read_text())
+    assert set(report["latency_ms"]) == {"coded", "equal", "hedge"}
+    coded = report["latency_ms"]["coded"]
+    for key in (
+        "p50",
+        "p99",
+        "p999",
+        "n",
+        "reconstructed",
+        "reconstructed_fraction",
+        "instances",
+    ):
+        assert key in coded
+    assert coded["instances"] == 6 and report["sim"]["service"] == {
+        "name": "exponential", "mean_ms": 5.0}  # fmt: skip
+    assert (out / "latency_cdf.png").stat().st_size > 0
+
+
+def test_cli_sweeps_from_a_toml_config(tmp_path: Path) -> None:
+    config = tmp_path / "sweep.toml"
+    config.write_text(
+        'modes = ["coded", "equal"]\nm = 8\nduration_s = 3\nwarmup_s = 0.5\n'
+        'service = {name = "deterministic", ms = 5}\n'
+        "[sweep]\nrate_qps = [200, 600]\nk = [2, 4]\n"
+    )
+    out = tmp_path / "sim"
+    res = CliRunner().invoke(
+        app, ["simulate", "--config", str(config), "--out", str(out), "-q"]
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "results.json").read_text())
+    points = [run["point"] for run in report["runs"]]
+    assert points == [{"rate_qps": 200, "k": 2}, {"rate_qps": 200, "k": 4},
+                      {"rate_qps": 600, "k": 2}, {"rate_qps": 600, "k": 4}]  # fmt: skip
+    assert [run["latency_ms"]["coded"]["instances"] for run in report["runs"]] == [
+        12,
+        10,
+        12,
+        10,
+    ]
+    assert (out / "latency_vs_load.png").exists() and (
+        out / "latency_vs_k.png"
+    ).exists()
+
+
+def test_cli_reports_a_bad_config_without_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("rate = 5\n")
+    res = CliRunner().invoke(app, ["simulate", "--config", str(config)])
+    assert res.exit_code != 0
+    assert isinstance(res.exception, ConfigError)
+    assert "unknown simulator settings ['rate']" in str(res.exception)
+
+
+# -- against the real local backend --------------------------------------------
+
+
+@pytest.mark.slow
+def test_simulator_matches_a_real_comparison(digits_bundle: Path) -> None:
+    """5 s per mode at 200 q/s on 4 + 2 real instances, slow episodes."""
+    from learncc.bench.run import BenchConfig, run_comparison
+
+    bench = BenchConfig(modes=("coded", "equal"), rate_qps=200, duration_s=5, warmup_s=1,
+                        slowdown="episodes", m=4, service_ms=5, seed=0)  # fmt: skip
+    real = run_comparison(digits_bundle, bench, progress=False)
+    sim = simulate(from_bench(bench, k=2, r=1, overhead_ms=OVERHEAD_MS))
+    for mode in bench.modes:
+        assert sim[mode].n == real[mode].n
+        assert sim[mode].p50 == pytest.approx(real[mode].p50, rel=0.15), mode
+        assert sim[mode].p99 == pytest.approx(real[mode].p99, rel=P99_REL), mode
+
+
+OVERHEAD_MS = 0.0
+P99_REL = 0.15
