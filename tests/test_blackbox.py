@@ -91,7 +91,7 @@ def test_sklearn_predict_proba_parity_beats_majority(cancer, cancer_bundle) -> N
     got = bundle.base(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, estimator.predict_proba(x), rtol=1e-4, atol=1e-5)
     assert metrics["base_top1"] == pytest.approx(estimator.score(x, cancer.test.y))
-    # measured 0.880 with the majority class at 0.667
+    # measured 0.868 with the majority class at 0.667
     assert majority_top1(cancer) == pytest.approx(0.667, abs=1e-3)
     assert metrics["degraded_top1"] > majority_top1(cancer) + 0.15
     assert bundle.manifest["task"] == {"metric": "top1", "higher_is_better": True}
@@ -139,7 +139,7 @@ def test_sklearn_decision_function_scores(cancer) -> None:
         f, wine, ADDITION, parity_cfg=quick(30), progress=False
     )
     # three classes: chance is 1/3 (the training majority class is 0.167 of
-    # the test split); measured 0.81
+    # the test split); measured 0.815
     assert majority_top1(wine) == pytest.approx(0.167, abs=1e-3)
     assert bundle.manifest["metrics"]["degraded_top1"] > 0.7
 
@@ -208,8 +208,8 @@ def test_onnx_f_matches_torch_and_parity_beats_chance(digits, onnx_bundle) -> No
         torch.testing.assert_close(bundle.base(x), model(x), rtol=1e-4, atol=1e-4)
     metrics = bundle.manifest["metrics"]
     assert metrics["base_top1"] > 0.9
-    # ten balanced classes: chance is 0.1; measured 0.76
-    assert metrics["degraded_top1"] > 0.6
+    # ten balanced classes: chance is 0.1; measured 0.819
+    assert metrics["degraded_top1"] > 0.7
     assert bundle.manifest["base"] == {
         "kind": "onnx",
         "input_shape": [1, 8, 8],
@@ -297,7 +297,7 @@ def test_callable_box_parity_beats_default_box(tmp_path: Path) -> None:
     m = bundle.manifest["metrics"]
     # labels are digits, not boxes: F's own box is the reference
     assert m["base_iou"] == 1.0 and m["degraded_iou"] == m["reconstruction_iou"]
-    # measured: degraded 0.85, the mean training box 0.717
+    # measured: degraded 0.846, the mean training box 0.717
     assert m["default_iou"] == pytest.approx(0.717, abs=0.01)
     assert m["degraded_iou"] > m["default_iou"] + 0.1
     assert bundle.manifest["base"] == {

@@ -145,7 +145,9 @@ def test_berrut_points_interleave_and_basis_reproduces_constants() -> None:
     alpha, beta = berrut_points(10, 2)
     assert len(set((alpha.tolist() + beta.tolist()))) == 12
     assert alpha.min() < beta.min() and beta.max() < alpha.max()
-    weights = berrut_matrix(alpha, torch.tensor([-0.3, 0.1, float(alpha[3])]))
+    weights = berrut_matrix(
+        alpha, torch.tensor([-0.3, 0.1, float(alpha[3])], dtype=torch.float64)
+    )
     assert torch.allclose(weights.sum(1), torch.ones(3, dtype=torch.float64))
     assert torch.equal(weights[2], torch.eye(10, dtype=torch.float64)[3])  # at a node
 

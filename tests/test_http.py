@@ -1,84 +1,348 @@
-"""The JSON HTTP endpoint, over a fake backend (no processes)."""
+"""The HTTP app over a fake backend (no processes): the plain JSON API, status
+codes, the bearer token, limits, deadlines, metrics and graceful shutdown."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import re
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 from fakes import FakeBackend
-from learncc.serving import Frontend
-from learncc.serving.http import make_app
+from learncc.codes import CodeConfig, make_code
+from learncc.errors import ConfigError
+from learncc.serving import Coding, Frontend
+from learncc.serving.http import HttpServer, make_app, serve_http
+from learncc.serving.http.app import SERVICE
 
 W = np.eye(4, dtype=np.float32)[:3]  # F(x) = x[:3]
+TOKEN = "s3cret-token"
+
+
+def frontend_of(backend: FakeBackend | None = None, **kw: Any) -> Frontend:
+    backend = backend or FakeBackend(W, data_instances=2)
+    kw.setdefault("query_timeout_s", 0.5)
+    return Frontend(backend, input_shape=(1, 2, 2), **kw)
+
+
+@contextlib.asynccontextmanager
+async def serving(frontend: Frontend, **options: Any) -> AsyncIterator[TestClient]:
+    options.setdefault("max_body_bytes", 4096)
+    options.setdefault("output_shape", (3,))
+    await frontend.start()
+    try:
+        async with TestClient(TestServer(make_app(frontend, **options))) as c:
+            yield c
+    finally:
+        await frontend.close()
+    assert frontend.statistics().pending == 0
 
 
 @pytest.fixture
-async def client():
-    frontend = Frontend(FakeBackend(W, data_instances=2), input_shape=(1, 2, 2),
-                        query_timeout_s=0.5)  # fmt: skip
-    await frontend.start()
-    async with TestClient(TestServer(make_app(frontend, max_body_bytes=4096))) as c:
-        c.frontend = frontend
+async def client() -> AsyncIterator[TestClient]:
+    async with serving(frontend_of()) as c:
         yield c
-    await frontend.close()
 
 
-async def test_infer_returns_the_output_and_top1(client) -> None:
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+async def test_infer_returns_the_output_and_top1(client: TestClient) -> None:
     resp = await client.post("/infer", json={"input": [[[0.0, 5.0], [1.0, 2.0]]]})
     assert resp.status == 200
-    assert await resp.json() == {"output": [0.0, 5.0, 1.0], "top1": 1, "reconstructed": False}
+    assert await resp.json() == {
+        "output": [0.0, 5.0, 1.0], "top1": 1, "reconstructed": False, "default": False,
+    }  # fmt: skip
     resp = await client.post("/infer", json={"inputs": [[1, 0, 0, 0], [0, 0, 3, 0]]})
     assert [a["top1"] for a in (await resp.json())["answers"]] == [0, 2]
+
+
+async def test_model_and_health_describe_the_server(client: TestClient) -> None:
+    model = await (await client.get("/model")).json()
+    assert model == {"name": "model", "input_shape": [1, 2, 2], "output_shape": [3]}
+    await client.post("/infer", json={"input": [1, 2, 3, 4]})
+    health = await (await client.get("/health")).json()
+    assert health["status"] == "ok"
+    assert (health["accepted"], health["answered"], health["pending"]) == (1, 1, 0)
 
 
 @pytest.mark.parametrize(
     ("body", "status", "match"),
     [
         (b"{oops", 400, "malformed JSON"),
+        (b"", 400, "empty body"),
         (b"[1, 2]", 400, "exactly one of 'input' or 'inputs'"),
         (b'{"input": [1, 2, 3]}', 400, r"shape \(3,\) does not match the model's input \(1, 2, 2\)"),
         (b'{"input": [[1, 2], [3]]}', 400, "rectangular nested list"),
         (b'{"input": "abcd"}', 400, "must be a nested list of numbers"),
+        (b'{"input": true}', 400, "must be a nested list of numbers"),
         (b'{"input": [1, 2, 3, 1e999]}', 400, "infinity"),
+        (b'{"input": [1, 2, 3, NaN]}', 400, "malformed JSON"),
         (b'{"inputs": []}', 400, "non-empty list"),
+        (b'{"inputs": [' + b"[0,0,0,0]," * 400 + b"[0,0,0,0]]}", 400, "at most 8 inputs"),
         (b'{"input": [' + b"0," * 3000 + b"0]}", 413, "exceeds the 4096-byte limit"),
     ],
-)
-async def test_bad_requests_get_4xx_naming_the_problem(client, body: bytes, status: int, match: str) -> None:
-    resp = await client.post("/infer", data=body, headers={"Content-Type": "application/json"})
-    assert resp.status == status
-    assert re.search(match, (await resp.json())["error"])
-    # and the server keeps serving
-    ok = await client.post("/infer", json={"input": [1, 2, 3, 4]})
-    assert ok.status == 200
+)  # fmt: skip
+async def test_bad_requests_get_4xx_naming_the_problem(
+    body: bytes, status: int, match: str
+) -> None:
+    async with serving(frontend_of(), max_body_bytes=8192 if status == 400 else 4096,
+                       max_batch=8) as client:  # fmt: skip
+        resp = await client.post(
+            "/infer", data=body, headers={"Content-Type": "application/json"}
+        )
+        assert resp.status == status
+        assert re.search(match, (await resp.json())["error"])
+        # and the server keeps serving
+        ok = await client.post("/infer", json={"input": [1, 2, 3, 4]})
+        assert ok.status == 200
 
 
-async def test_wrong_content_type_is_415(client) -> None:
+async def test_a_chunked_body_over_the_limit_is_413(client: TestClient) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"input": ['
+        for _ in range(100):
+            yield b"0," * 50
+        yield b"0]}"
+
+    resp = await client.post(
+        "/infer", data=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert resp.status == 413 and "4096-byte limit" in (await resp.json())["error"]
+
+
+async def test_wrong_content_type_is_415(client: TestClient) -> None:
     resp = await client.post("/infer", data="x", headers={"Content-Type": "text/plain"})
     assert resp.status == 415 and "send JSON" in (await resp.json())["error"]
 
 
-async def test_unanswerable_query_is_504_and_counted(client) -> None:
-    client.frontend.backend.delay_s = lambda role, i, tag: None
+async def test_unknown_routes_and_methods_get_json_errors(client: TestClient) -> None:
+    resp = await client.get("/nope")
+    assert resp.status == 404 and "no route '/nope'" in (await resp.json())["error"]
+    resp = await client.put("/infer", json={})
+    assert resp.status == 405 and resp.headers["Allow"] == "POST"
+    assert "PUT is not allowed on '/infer'" in (await resp.json())["error"]
+
+
+async def test_unanswerable_query_is_504_and_counted(client: TestClient) -> None:
+    client.app[SERVICE].frontend.backend.delay_s = lambda role, i, tag: None
     resp = await client.post("/infer", json={"input": [1, 2, 3, 4]})
-    assert resp.status == 504 and "got no answer within 0.5 s" in (await resp.json())["error"]
+    assert resp.status == 504
+    assert "got no answer within 0.5 s" in (await resp.json())["error"]
     health = await (await client.get("/health")).json()
     assert health["timed_out"] == 1 and health["pending"] == 0
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=st.one_of(st.binary(max_size=200), st.recursive(
+async def test_timeout_ms_is_the_deadline_and_gives_the_default_answer() -> None:
+    never = FakeBackend(W, data_instances=2, delay_s=lambda role, i, tag: None)
+    frontend = frontend_of(never, default_output=np.array([9.0, 8.0, 7.0], np.float32))
+    async with serving(frontend) as client:
+        start = time.perf_counter()
+        resp = await client.post("/infer?timeout_ms=50", json={"input": [1, 2, 3, 4]})
+        assert time.perf_counter() - start < 0.4  # the deadline, not query_timeout_s
+        assert await resp.json() == {
+            "output": [9.0, 8.0, 7.0], "top1": 0, "reconstructed": False, "default": True,
+        }  # fmt: skip
+        resp = await client.post("/infer?timeout_ms=-3", json={"input": [1, 2, 3, 4]})
+        assert resp.status == 400
+        assert "timeout_ms must be a finite number > 0, got -3.0" in (await resp.json())["error"]
+        resp = await client.post("/infer?timeout_ms=soon", json={"input": [1, 2, 3, 4]})
+        assert resp.status == 400
+
+
+async def test_default_deadline_applies_when_the_request_names_none() -> None:
+    never = FakeBackend(W, data_instances=2, delay_s=lambda role, i, tag: None)
+    async with serving(frontend_of(never), default_deadline_s=0.05) as client:
+        resp = await client.post("/infer", json={"input": [1, 2, 3, 4]})
+        assert resp.status == 504
+        assert "within 0.05 s" in (await resp.json())["error"]
+
+
+async def test_overload_is_503_with_retry_after() -> None:
+    never = FakeBackend(W, data_instances=2, delay_s=lambda role, i, tag: None)
+    async with serving(frontend_of(never, max_pending=1), retry_after_s=2) as client:
+        first = asyncio.ensure_future(client.post("/infer", json={"input": [1, 2, 3, 4]}))
+        while client.app[SERVICE].frontend.statistics().pending == 0:
+            await asyncio.sleep(0.005)
+        resp = await client.post("/infer", json={"input": [1, 2, 3, 4]})
+        assert resp.status == 503 and resp.headers["Retry-After"] == "2"
+        assert "1 queries pending, limit 1" in (await resp.json())["error"]
+        assert (await first).status == 504
+        # a batch refused part-way: the accepted items are served, not leaked
+        resp = await client.post("/infer", json={"inputs": [[1, 2, 3, 4]] * 3})
+        assert resp.status == 503
+        assert client.app[SERVICE].frontend.statistics().refused == 2
+
+
+async def test_no_live_instance_is_503(client: TestClient) -> None:
+    backend = client.app[SERVICE].frontend.backend
+    backend.dead |= {("data", 0), ("data", 1)}
+    resp = await client.post("/infer", json={"input": [1, 2, 3, 4]})
+    assert resp.status == 503 and "no live data instance" in (await resp.json())["error"]
+
+
+async def test_bearer_token_guards_all_but_liveness() -> None:
+    async with serving(frontend_of(), token=TOKEN) as client:
+        resp = await client.post("/infer", json={"input": [1, 2, 3, 4]})
+        assert resp.status == 401
+        assert resp.headers["WWW-Authenticate"] == 'Bearer realm="learncc"'
+        assert "missing bearer token" in (await resp.json())["error"]
+        for header in (f"Bearer {TOKEN}x", f"Basic {TOKEN}", "Bearer", "Bearer é"):
+            resp = await client.get("/metrics", headers={"Authorization": header})
+            assert resp.status == 401, header
+            assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
+        assert (await client.get("/v2/health/live")).status == 200
+        assert (await client.get("/v2/health/ready")).status == 401
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        resp = await client.post("/infer", json={"input": [1, 2, 3, 4]}, headers=auth)
+        assert resp.status == 200
+
+
+def test_bad_options_are_refused_naming_the_option() -> None:
+    frontend = frontend_of()
+    with pytest.raises(ConfigError, match="max_body_bytes must be >= 1024, got 10"):
+        make_app(frontend, max_body_bytes=10)
+    with pytest.raises(ConfigError, match="token must be None"):
+        make_app(frontend, token="")
+    with pytest.raises(ConfigError, match="default_deadline_s must be > 0"):
+        make_app(frontend, default_deadline_s=0)
+    with pytest.raises(ConfigError, match="model_name must be a non-empty name"):
+        make_app(frontend, model_name="a/b")
+
+
+async def test_metrics_count_outcomes_and_latency() -> None:
+    # addition code, k=2; data instance 1 never answers, so its query is rebuilt
+    enc, dec = make_code(CodeConfig(k=2, r=1, encoder="addition"), (4,))
+    fill = np.full(4, 0.5, np.float32)
+    backend = FakeBackend(
+        W, data_instances=2, parity_instances=1,
+        delay_s=lambda role, i, tag: None if (role, i) == ("data", 1) else 0.001,
+    )  # fmt: skip
+    frontend = Frontend(backend, input_shape=(4,), coding=Coding(enc, dec, fill, W @ fill),
+                        query_timeout_s=0.5)  # fmt: skip
+    async with serving(frontend) as client:
+        resp = await client.post("/infer", json={"inputs": [[1, 2, 3, 4], [5, 6, 7, 8]]})
+        answers = (await resp.json())["answers"]
+        assert [a["reconstructed"] for a in answers] == [False, True]
+        np.testing.assert_allclose(answers[1]["output"], [5, 6, 7], rtol=1e-6)
+        await client.post("/infer", json={"input": [1]})  # a 400
+        text = await (await client.get("/metrics")).text()
+    samples = metric_samples(text)
+    assert samples[("learncc_queries_accepted_total", ())] == 2
+    assert samples[("learncc_queries_answered_total", ())] == 2
+    assert samples[("learncc_queries_reconstructed_total", ())] == 1
+    assert samples[("learncc_queries_timed_out_total", ())] == 0
+    assert samples[("learncc_queries_pending", ())] == 0
+    for outcome in ("original", "reconstructed"):
+        key = ("learncc_query_latency_seconds_count", (("outcome", outcome),))
+        assert samples[key] == 1
+    assert samples[("learncc_query_latency_seconds_count", (("outcome", "default"),))] == 0
+    for role, index in (("data", "0"), ("data", "1"), ("parity", "0")):
+        labels = (("index", index), ("role", role))
+        assert samples[("learncc_instance_queue_depth", labels)] == 0
+        assert samples[("learncc_instance_up", labels)] == 1
+    route = (("route", "/infer"), ("status", "400"))
+    assert samples[("learncc_http_requests_total", route)] == 1
+
+
+async def test_draining_refuses_new_queries_and_reports_not_ready(client: TestClient) -> None:
+    client.app[SERVICE].draining = True
+    resp = await client.post("/infer", json={"input": [1, 2, 3, 4]})
+    assert resp.status == 503 and resp.headers["Retry-After"] == "1"
+    assert "shutting down" in (await resp.json())["error"]
+    assert (await client.get("/v2/health/ready")).status == 503
+    assert (await client.get("/v2/health/live")).status == 200
+
+
+async def test_shutdown_drains_requests_in_flight() -> None:
+    slow = FakeBackend(W, data_instances=2, delay_s=lambda role, i, tag: 0.3)
+    frontend = frontend_of(slow, query_timeout_s=5.0)
+    server = HttpServer(frontend, port=0, drain_timeout_s=5.0)
+    await server.start()
+    async with aiohttp.ClientSession() as session:
+        request = asyncio.ensure_future(
+            session.post(f"{server.url}/infer", json={"input": [1, 2, 3, 4]})
+        )
+        while frontend.statistics().pending == 0:
+            await asyncio.sleep(0.005)
+        await server.shutdown()
+        resp = await request
+        assert resp.status == 200 and (await resp.json())["output"] == [1, 2, 3]
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await session.get(f"{server.url}/v2/health/live")
+    assert slow.closed and frontend.statistics().pending == 0
+
+
+async def test_shutdown_gives_up_after_the_drain_timeout() -> None:
+    never = FakeBackend(W, data_instances=2, delay_s=lambda role, i, tag: None)
+    frontend = frontend_of(never, query_timeout_s=30.0)
+    server = HttpServer(frontend, port=0, drain_timeout_s=0.2)
+    await server.start()
+    async with aiohttp.ClientSession() as session:
+        request = asyncio.ensure_future(
+            session.post(f"{server.url}/infer", json={"input": [1, 2, 3, 4]})
+        )
+        while frontend.statistics().pending == 0:
+            await asyncio.sleep(0.005)
+        start = time.perf_counter()
+        await server.shutdown()
+        assert time.perf_counter() - start < 1.5
+        with pytest.raises(aiohttp.ClientError):
+            await request
+    assert frontend.statistics().pending == 0 and never.closed
+
+
+async def test_serve_http_stops_on_sigterm() -> None:
+    ready = asyncio.Event()
+    frontend = frontend_of()
+    task = asyncio.ensure_future(serve_http(frontend, port=0, ready=ready))
+    await asyncio.wait_for(ready.wait(), 5)
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(task, 5)
+    assert frontend.backend.closed
+    # the handler is removed again: the loop no longer owns SIGTERM
+    assert not asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+
+
+JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.sampled_from(["input", "inputs", "x"]), inner, max_size=3),
+    lambda inner: st.lists(inner, max_size=5)
+    | st.dictionaries(st.sampled_from(["input", "inputs", "x"]), inner, max_size=3),
     max_leaves=20,
-).map(lambda v: json.dumps(v).encode())))  # fmt: skip
-async def test_fuzzed_bodies_never_crash_the_server(client, body: bytes) -> None:
-    resp = await client.post("/infer", data=body, headers={"Content-Type": "application/json"})
-    assert resp.status in (200, 400, 413)
+)
+
+
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(
+    body=st.one_of(st.binary(max_size=200), JSON_VALUES.map(lambda v: json.dumps(v).encode())),
+    query=st.dictionaries(st.sampled_from(["timeout_ms", "x"]), st.text(max_size=6), max_size=2),
+    content_type=st.sampled_from(["application/json", "text/plain", ""]),
+)
+async def test_fuzzed_requests_never_crash_the_server(
+    client: TestClient, body: bytes, query: dict[str, str], content_type: str
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    resp = await client.post("/infer", data=body, params=query, headers=headers)
+    assert resp.status in (200, 400, 413, 415)
+    assert resp.content_type == "application/json"
     assert resp.status == 200 or "error" in await resp.json()
+    assert (await client.post("/infer", json={"input": [1, 2, 3, 4]})).status == 200

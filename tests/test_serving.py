@@ -67,6 +67,13 @@ async def test_sigkilled_instance_under_load_loses_no_query(digits_bundle: Path)
             await asyncio.sleep(0.002)
         results = await asyncio.gather(*futures, return_exceptions=True)
         stats = frontend.statistics()
+        for _ in range(300):  # the backend restarts the killed instance
+            if frontend.backend.alive(DATA, 1):
+                break
+            await asyncio.sleep(0.1)
+        assert frontend.backend.restarts == 1
+        again = await asyncio.gather(*(frontend.infer(x) for x in xs[:4]))
+        assert len(again) == 4
     assert not [r for r in results if isinstance(r, BaseException)]
     assert stats.answered == 300 and stats.pending == 0
     assert stats.reconstructed + stats.redispatched > 0

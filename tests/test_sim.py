@@ -176,8 +176,11 @@ def test_cheap_backup_answers_for_a_hung_instance() -> None:
 
 
 def test_hedging_sends_copies_after_the_running_p95_and_cuts_the_tail() -> None:
+    # 1% of batches take 10x; with more than 5% of queries slowed (slow batches
+    # plus those queued behind them) the p95 itself is slow and hedges come late
+    service = Bimodal(4.0, 40.0, 0.01)
     cfg = SimConfig(modes=("equal", "hedge"), m=8, k=2, rate_qps=800, duration_s=20,
-                    warmup_s=2, service=Bimodal(4.0, 40.0, 0.01), slowdown="none")  # fmt: skip
+                    warmup_s=2, service=service, slowdown="none")  # fmt: skip
     results = simulate(cfg)
     hedge, equal = results["hedge"], results["equal"]
     assert hedge.instances == equal.instances == 12
@@ -240,8 +243,9 @@ def test_mm1_waiting_time_matches_closed_forms(
     rho: float, duration_s: float, seed: int
 ) -> None:
     mu, lam = 1000.0, rho * 1000.0  # per second: 1 ms mean service
-    cfg = SimConfig(modes=("none",), m=1, rate_qps=lam, duration_s=duration_s, warmup_s=10,
-                    service=Exponential(1.0), slowdown="none", seed=seed)  # fmt: skip
+    cfg = SimConfig(modes=("none",), m=1, rate_qps=lam, duration_s=duration_s,
+                    warmup_s=10, service=Exponential(1.0), slowdown="none",
+                    seed=seed)  # fmt: skip
     result = simulate_mode(cfg, "none", record_waits=True)
     waits = result.waits_ms
     assert waits is not None and len(waits) == result.n
@@ -321,8 +325,9 @@ def test_measured_service_times_replay_per_instance(tmp_path: Path) -> None:
 def test_from_bench_copies_the_real_run_settings() -> None:
     from learncc.bench.run import BenchConfig
 
-    bench = BenchConfig(modes=("coded", "equal"), rate_qps=200, duration_s=5, warmup_s=1,
-                        slowdown="episodes", m=4, service_ms=5, seed=7)  # fmt: skip
+    bench = BenchConfig(modes=("coded", "equal"), rate_qps=200, duration_s=5,
+                        warmup_s=1, slowdown="episodes", m=4, service_ms=5,
+                        seed=7)  # fmt: skip
     cfg = from_bench(bench, k=2, r=1, overhead_ms=0.5)
     assert (cfg.modes, cfg.m, cfg.k, cfg.rate_qps, cfg.duration_s, cfg.warmup_s) == (
         ("coded", "equal"), 4, 2, 200, 5, 1)  # fmt: skip
@@ -347,9 +352,9 @@ def test_config_errors_name_the_parameter() -> None:
 def test_cli_single_run_writes_bench_shaped_results(tmp_path: Path) -> None:
     out = tmp_path / "sim"
     res = CliRunner().invoke(app, [
-        "simulate", "--instances", "4", "--k", "2", "--rate", "300", "--duration", "4",
-        "--warmup", "1", "--modes", "coded,equal,hedge", "--service", "exponential:mean_ms=5",
-        "--out", str(out), "-q",
+        "simulate", "--instances", "4", "--k", "2", "--rate", "300",
+        "--duration", "4", "--warmup", "1", "--modes", "coded,equal,hedge",
+        "--service", "exponential:mean_ms=5", "--out", str(out), "-q",
     ])  # fmt: skip
     assert res.exit_code == 0, res.output
     report = json.loads((out / "results.json").read_text())
@@ -414,8 +419,9 @@ def test_simulator_matches_a_real_comparison(digits_bundle: Path) -> None:
     """5 s per mode at 200 q/s on 4 + 2 real instances, slow episodes."""
     from learncc.bench.run import BenchConfig, run_comparison
 
-    bench = BenchConfig(modes=("coded", "equal"), rate_qps=200, duration_s=5, warmup_s=1,
-                        slowdown="episodes", m=4, service_ms=5, seed=0)  # fmt: skip
+    bench = BenchConfig(modes=("coded", "equal"), rate_qps=200, duration_s=5,
+                        warmup_s=1, slowdown="episodes", m=4, service_ms=5,
+                        seed=0)  # fmt: skip
     real = run_comparison(digits_bundle, bench, progress=False)
     sim = simulate(from_bench(bench, k=2, r=1, overhead_ms=OVERHEAD_MS))
     for mode in bench.modes:

@@ -62,6 +62,7 @@ def berrut_matrix(nodes: Tensor, at: Tensor) -> Tensor:
     at ``at[m]``; each row sums to 1. Nodes need not be sorted; an
     evaluation point equal to a node gets that node's value exactly.
     """
+    nodes, at = nodes.to(torch.float64), at.to(torch.float64)
     order = nodes.argsort()
     signs = torch.empty(len(nodes), dtype=torch.float64)
     signs[order] = (-1.0) ** torch.arange(len(nodes), dtype=torch.float64)

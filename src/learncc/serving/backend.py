@@ -290,8 +290,10 @@ class LocalBackend:
     async def _respawn(self, role: str, index: int) -> None:
         backoff = self.restart_backoff_s
         old = self.instances[(role, index)].process
-        if old is not None and old.poll() is None:
-            old.kill()  # a hung process whose socket broke: make sure it is gone
+        if old is not None:
+            if old.poll() is None:
+                old.kill()  # a hung process whose socket broke: make sure it is gone
+            await asyncio.to_thread(old.wait)  # reap it
         while not self.closing:
             await asyncio.sleep(backoff)
             if self.closing:

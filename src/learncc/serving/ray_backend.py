@@ -461,11 +461,11 @@ class RayBackend:
     def _on_call_done(
         self, slot: _Slot, call_id: int, epoch: int, fut: asyncio.Future[Any]
     ) -> None:
-        if self.closing or epoch != slot.epoch:
+        error = None if fut.cancelled() else fut.exception()  # always retrieve it
+        if self.closing or epoch != slot.epoch or fut.cancelled():
             return  # the slot died since; its tags were reported to on_down
         tags = slot.calls.pop(call_id)
         ray = import_ray()
-        error = fut.exception()
         if isinstance(error, ray.exceptions.RayActorError):
             slot.calls[call_id] = tags
             self._down(slot, error)

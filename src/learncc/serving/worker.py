@@ -117,7 +117,8 @@ def serve(sock: socket.socket, spec: dict[str, Any]) -> None:
             if len(p) != item_bytes
         ]
         if good:
-            x = np.frombuffer(b"".join(p for _, p in good), dtype=np.float32)
+            # bytearray: torch wants a writable buffer
+            x = np.frombuffer(bytearray(b"".join(p for _, p in good)), dtype=np.float32)
             out = run(x.reshape(len(good), *input_shape))
             replies += [P.frame(P.RESULT, tag, out[i].tobytes()) for i, (tag, _) in enumerate(good)]
 

@@ -138,23 +138,26 @@ def simulate(
         report: dict[str, Any] = {"latency_ms": summary(results), "sim": cfg.to_dict()}
         # quantiles keep the plot light at millions of queries
         grid = np.linspace(0, 1, 20_001)
-        tails = {m: np.quantile(res.latencies_ms, grid) if len(res.latencies_ms) else
-                 res.latencies_ms for m, res in results.items()}  # fmt: skip
-        written.append(latency_cdf(tails, out / "latency_cdf.png",
-                                   title=f"simulated: m={cfg.m}, k={cfg.k}, "
-                                         f"{cfg.rate_qps:g} q/s, {cfg.slowdown}"))  # fmt: skip
-    else:
-        report = {"runs": [{"point": point, "latency_ms": summary(results), "sim": cfg.to_dict()}
-                           for point, cfg, results in runs], "sweep": sweep}  # fmt: skip
-        labels = {
-            "rate_qps": "offered load (queries/s)",
-            "k": "k (queries per coding group)",
+        tails = {
+            mode: np.quantile(res.latencies_ms, grid) if res.n else res.latencies_ms
+            for mode, res in results.items()
         }
-        for key, label in labels.items():
+        title = f"simulated: m={cfg.m}, k={cfg.k}, {cfg.rate_qps:g} q/s, {cfg.slowdown}"
+        written.append(latency_cdf(tails, out / "latency_cdf.png", title=title))
+    else:
+        report = {
+            "runs": [
+                {"point": point, "latency_ms": summary(results), "sim": cfg.to_dict()}
+                for point, cfg, results in runs
+            ],
+            "sweep": sweep,
+        }
+        plots = {
+            "rate_qps": ("latency_vs_load.png", "offered load (queries/s)"),
+            "k": ("latency_vs_k.png", "k (queries per coding group)"),
+        }
+        for key, (name, label) in plots.items():
             if len(sweep.get(key, [])) > 1:
-                name = (
-                    "latency_vs_load.png" if key == "rate_qps" else "latency_vs_k.png"
-                )
                 written.append(plot_sweep(runs, key, out / name, xlabel=label))
     report["elapsed_s"] = time.perf_counter() - started
     _write_json(out / "results.json", report)

@@ -121,15 +121,18 @@ class SimConfig:
             raise UnknownNameError("decoder", self.decoder, list(DECODERS))
         if self.rate_qps <= 0 or self.duration_s <= 0:
             raise ConfigError(
-                f"rate_qps and duration_s must be > 0, got {self.rate_qps}, {self.duration_s}"
+                f"rate_qps and duration_s must be > 0, "
+                f"got {self.rate_qps}, {self.duration_s}"
             )
         if not 0 <= self.warmup_s < self.duration_s:
             raise ConfigError(
-                f"warmup_s ({self.warmup_s}) must be in [0, duration_s={self.duration_s})"
+                f"warmup_s ({self.warmup_s}) must be in "
+                f"[0, duration_s={self.duration_s})"
             )
         if self.node_size < 1 or self.max_batch < 1:
             raise ConfigError(
-                f"node_size and max_batch must be >= 1, got {self.node_size}, {self.max_batch}"
+                f"node_size and max_batch must be >= 1, "
+                f"got {self.node_size}, {self.max_batch}"
             )
         if self.flush_timeout_s <= 0 or self.query_timeout_s <= 0:
             raise ConfigError("flush_timeout_s and query_timeout_s must be > 0")
@@ -369,9 +372,11 @@ class _Engine:
     def run(self) -> None:
         arrive = {"coded": self._arrive_coded, "none": self._arrive_plain,
                   "equal": self._arrive_plain, "hedge": self._arrive_hedge,
-                  "replicate": self._arrive_replicate, "cheap": self._arrive_cheap}[self.mode]  # fmt: skip
+                  "replicate": self._arrive_replicate,
+                  "cheap": self._arrive_cheap}[self.mode]  # fmt: skip
         deliver = {"coded": self._data_coded, "hedge": self._data_first,
-                   "replicate": self._data_first, "cheap": self._data_cheap}  # fmt: skip
+                   "replicate": self._data_first,
+                   "cheap": self._data_cheap}  # fmt: skip
         by_role = {"data": deliver.get(self.mode, self._data_first),
                    "parity": self._parity, "backup": self._backup}  # fmt: skip
         for role, insts in self.instances.items():
@@ -810,7 +815,7 @@ def simulate(cfg: SimConfig) -> dict[str, SimResult]:
         if cfg.slowdown_config().slow_fraction > 0:
             logger.warning(
                 "measured service times already include the slowdowns of their run; "
-                "slowdown %r applies slow episodes again (use slowdown 'none' to avoid)",
+                "slowdown %r applies slow episodes again (use slowdown 'none')",
                 cfg.slowdown,
             )
     return {mode: simulate_mode(cfg, mode, arrivals_s=arrivals) for mode in cfg.modes}

@@ -235,7 +235,8 @@ def load_measured(
         raise ConfigError(f"cannot read measured service times {path}: {e}") from None
     if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
         raise ConfigError(
-            f"{path} must map mode -> {{'role/index': [ms, ...]}}, got {type(raw).__name__}"
+            f"{path} must map mode -> {{'role/index': [ms, ...]}}, "
+            f"got {type(raw).__name__}"
         )
     if mode is not None and mode not in raw:
         raise ConfigError(f"{path} has no mode {mode!r}; it has {sorted(raw)}")

@@ -80,12 +80,15 @@ class HttpSettings:
     def __post_init__(self) -> None:
         if not self.model_name or "/" in self.model_name:
             raise ConfigError(
-                f"model_name must be a non-empty name without '/', got {self.model_name!r}"
+                "model_name must be a non-empty name without '/', "
+                f"got {self.model_name!r}"
             )
         if self.token is not None and not self.token:
             raise ConfigError("token must be None (no authentication) or non-empty")
         if self.max_body_bytes < 1024:
-            raise ConfigError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
+            raise ConfigError(
+                f"max_body_bytes must be >= 1024, got {self.max_body_bytes}"
+            )
         if self.max_batch < 1:
             raise ConfigError(f"max_batch must be >= 1, got {self.max_batch}")
         if self.default_deadline_s is not None and not self.default_deadline_s > 0:
@@ -115,7 +118,9 @@ class Service:
             return "no live data instance"
         return None
 
-    async def run(self, queries: list[np.ndarray], deadline_s: float | None) -> list[Answer]:
+    async def run(
+        self, queries: list[np.ndarray], deadline_s: float | None
+    ) -> list[Answer]:
         """Submit every query at once and wait for all the answers.
 
         Raises:
@@ -180,7 +185,9 @@ class _Timer:
 
     def __call__(self, future: asyncio.Future[Answer]) -> None:
         if not future.cancelled() and future.exception() is None:
-            self.metrics.observe_answer(future.result(), time.perf_counter() - self.start_s)
+            self.metrics.observe_answer(
+                future.result(), time.perf_counter() - self.start_s
+            )
 
 
 def _retrieve(future: asyncio.Future[Answer]) -> None:
@@ -296,7 +303,9 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             response = _error_for(e, request, service)
         except Exception:
-            logger.exception("unhandled error serving %s %s", request.method, request.path)
+            logger.exception(
+                "unhandled error serving %s %s", request.method, request.path
+            )
             response = error_response(
                 500, f"internal error ({type(e).__name__}); the server log has details"
             )
@@ -366,7 +375,8 @@ async def infer(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     if request.content_type != "application/json":
         raise HttpError(
-            415, f"send JSON (Content-Type: application/json), not {request.content_type!r}"
+            415,
+            f"send JSON (Content-Type: application/json), not {request.content_type!r}",
         )
     deadline_s = service.deadline_from(
         request.query.get("timeout_ms"), name="query parameter timeout_ms", scale_s=1e-3
@@ -385,13 +395,15 @@ async def infer(request: web.Request) -> web.Response:
         if not isinstance(inputs, list) or not inputs:
             raise HttpError(400, "'inputs' must be a non-empty list of inputs")
         if len(inputs) > service.settings.max_batch:
-            raise HttpError(400, f"at most {service.settings.max_batch} inputs per request")
+            raise HttpError(
+                400, f"at most {service.settings.max_batch} inputs per request"
+            )
         queries = [parse_input(v, service.frontend) for v in inputs]
     answers = [_answer_json(a) for a in await service.run(queries, deadline_s)]
     return json_response(answers[0] if "input" in doc else {"answers": answers})
 
 
-async def metrics(request: web.Request) -> web.Response:
+async def metrics_text(request: web.Request) -> web.Response:
     body = request.app[SERVICE].metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
@@ -447,7 +459,7 @@ def make_app(
     app.router.add_get("/health", health)
     app.router.add_get("/model", model)
     app.router.add_post("/infer", infer)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/openapi.json", openapi.serve_document)
     oip.add_routes(app)
     return app

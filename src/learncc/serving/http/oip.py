@@ -116,7 +116,9 @@ def _model(request: web.Request) -> Service:
         raise HttpError(404, f"unknown model {name!r}; this server serves {served!r}")
     if version != VERSION:
         raise HttpError(
-            404, f"unknown version {version!r} of model {name!r}; the only one is {VERSION!r}"
+            404,
+            f"unknown version {version!r} of model {name!r}; "
+            f"the only one is {VERSION!r}",
         )
     return service
 
@@ -192,7 +194,9 @@ def _as_dict(value: Any, what: str) -> dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise HttpError(400, f"{what} must be a JSON object, got {type(value).__name__}")
+        raise HttpError(
+            400, f"{what} must be a JSON object, got {type(value).__name__}"
+        )
     return value
 
 
@@ -224,15 +228,21 @@ def _check_shape(spec: dict[str, Any], service: Service) -> list[int]:
 
 def _from_json_data(data: Any, datatype: str, shape: list[int]) -> np.ndarray:
     if not isinstance(data, list):
-        raise HttpError(400, f"input 'data' must be a (nested) list, got {type(data).__name__}")
+        raise HttpError(
+            400, f"input 'data' must be a (nested) list, got {type(data).__name__}"
+        )
     try:
         array = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
-        raise HttpError(400, "input 'data' must be a rectangular (nested) list of numbers") from None
+        raise HttpError(
+            400, "input 'data' must be a rectangular (nested) list of numbers"
+        ) from None
     expected = "integers" if DATATYPES[datatype].kind in "iu" else "numbers"
     kinds = "iu" if expected == "integers" else "iuf"
     if array.dtype.kind not in kinds:
-        raise HttpError(400, f"input 'data' of datatype {datatype} must hold {expected} only")
+        raise HttpError(
+            400, f"input 'data' of datatype {datatype} must hold {expected} only"
+        )
     if array.size != math.prod(shape):
         raise HttpError(
             400,
@@ -268,18 +278,25 @@ def _to_float32(array: np.ndarray, datatype: str) -> np.ndarray:
         converted = array.astype(np.float32)
     if not np.isfinite(converted).all():
         raise HttpError(
-            400, f"{datatype} input holds NaN, infinity or values beyond float32's range"
+            400,
+            f"{datatype} input holds NaN, infinity or values beyond float32's range",
         )
     return converted
 
 
-def _decode_input(spec: Any, binary: memoryview, service: Service) -> tuple[np.ndarray, int]:
+def _decode_input(
+    spec: Any, binary: memoryview, service: Service
+) -> tuple[np.ndarray, int]:
     """One input tensor as float32, and how many binary bytes it used."""
     if not isinstance(spec, dict):
-        raise HttpError(400, f"each input must be a JSON object, got {type(spec).__name__}")
+        raise HttpError(
+            400, f"each input must be a JSON object, got {type(spec).__name__}"
+        )
     name = spec.get("name")
     if name != INPUT_NAME:
-        raise HttpError(400, f"unknown input {name!r}; this model's input is {INPUT_NAME!r}")
+        raise HttpError(
+            400, f"unknown input {name!r}; this model's input is {INPUT_NAME!r}"
+        )
     datatype = spec.get("datatype")
     if datatype not in DATATYPES:
         raise HttpError(
@@ -294,7 +311,9 @@ def _decode_input(spec: Any, binary: memoryview, service: Service) -> tuple[np.n
     size = parameters.get("binary_data_size")
     if size is not None:
         if "data" in spec:
-            raise HttpError(400, "an input has either 'data' or binary_data_size, not both")
+            raise HttpError(
+                400, "an input has either 'data' or binary_data_size, not both"
+            )
         if not _is_int(size) or not 0 <= size <= len(binary):
             raise HttpError(
                 400,
@@ -309,7 +328,9 @@ def _decode_input(spec: Any, binary: memoryview, service: Service) -> tuple[np.n
     return _to_float32(array, datatype), used
 
 
-def _requested_outputs(doc: dict[str, Any], binary_default: bool) -> list[tuple[str, bool]]:
+def _requested_outputs(
+    doc: dict[str, Any], binary_default: bool
+) -> list[tuple[str, bool]]:
     specs = doc.get("outputs")
     if specs is None:
         return [(name, binary_default) for name in OUTPUT_NAMES]
@@ -324,17 +345,23 @@ def _requested_outputs(doc: dict[str, Any], binary_default: bool) -> list[tuple[
             )
         parameters = _as_dict(spec.get("parameters"), "output 'parameters'")
         if parameters.get("class_count"):
-            raise HttpError(400, "the classification extension (class_count) is not supported")
+            raise HttpError(
+                400, "the classification extension (class_count) is not supported"
+            )
         if any(key.startswith("shared_memory") for key in parameters):
             raise HttpError(400, "shared-memory outputs are not supported")
         binary = parameters.get("binary_data", binary_default)
         if not isinstance(binary, bool):
-            raise HttpError(400, f"output parameter binary_data must be a boolean, got {binary!r}")
+            raise HttpError(
+                400, f"output parameter binary_data must be a boolean, got {binary!r}"
+            )
         outputs.append((spec["name"], binary))
     return outputs
 
 
-def decode_request(body: bytes, header_length: str | None, service: Service) -> InferRequest:
+def decode_request(
+    body: bytes, header_length: str | None, service: Service
+) -> InferRequest:
     """Parse and check an inference request body.
 
     Raises:
@@ -346,23 +373,32 @@ def decode_request(body: bytes, header_length: str | None, service: Service) -> 
     except orjson.JSONDecodeError as e:
         raise HttpError(400, f"malformed JSON inference request: {e}") from None
     if not isinstance(doc, dict):
-        raise HttpError(400, f"the inference request must be a JSON object, got {type(doc).__name__}")
+        raise HttpError(
+            400,
+            f"the inference request must be a JSON object, got {type(doc).__name__}",
+        )
     parameters = _as_dict(doc.get("parameters"), "request 'parameters'")
     deadline_s = service.deadline_from(
         parameters.get("timeout_ms"), name="parameter timeout_ms", scale_s=1e-3
     )
     if deadline_s is None:
         deadline_s = service.deadline_from(
-            parameters.get("timeout"), name="parameter timeout (microseconds)", scale_s=1e-6
+            parameters.get("timeout"),
+            name="parameter timeout (microseconds)",
+            scale_s=1e-6,
         )
     binary_default = parameters.get("binary_data_output", False)
     if not isinstance(binary_default, bool):
-        raise HttpError(400, f"binary_data_output must be a boolean, got {binary_default!r}")
+        raise HttpError(
+            400, f"binary_data_output must be a boolean, got {binary_default!r}"
+        )
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1:
         count = len(inputs) if isinstance(inputs, list) else "no"
         raise HttpError(
-            400, f"'inputs' must be a list of exactly one input, {INPUT_NAME!r}; got {count}"
+            400,
+            f"'inputs' must be a list of exactly one input, {INPUT_NAME!r}; "
+            f"got {count}",
         )
     batch, used = _decode_input(inputs[0], binary, service)
     if used != len(binary):
@@ -374,7 +410,9 @@ def decode_request(body: bytes, header_length: str | None, service: Service) -> 
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise HttpError(400, f"'id' must be a string, got {type(request_id).__name__}")
-    return InferRequest(request_id, batch, deadline_s, _requested_outputs(doc, binary_default))
+    return InferRequest(
+        request_id, batch, deadline_s, _requested_outputs(doc, binary_default)
+    )
 
 
 # -- inference -----------------------------------------------------------------------
@@ -457,4 +495,3 @@ def add_routes(app: web.Application) -> None:
         app.router.add_get(base, model_metadata)
         app.router.add_get(f"{base}/ready", model_ready)
         app.router.add_post(f"{base}/infer", infer)
-

@@ -1,0 +1,149 @@
+"""Running the app: start, serve until told to stop, drain, close.
+
+Shutdown order, on SIGINT/SIGTERM or ``stop``: the app starts refusing new
+queries (503 with Retry-After, readiness 503), the listening socket closes,
+requests in flight get up to ``drain_timeout_s`` to finish, then the frontend
+is closed, which fails whatever is still pending with ``FrontendClosedError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from aiohttp import web
+
+from learncc.errors import ConfigError
+from learncc.serving.frontend import Frontend
+from learncc.serving.http.app import SERVICE, make_app
+
+logger = logging.getLogger(__name__)
+
+
+class HttpServer:
+    """The app on a TCP socket, with a graceful shutdown.
+
+    Args:
+        frontend: started by ``start`` and closed by ``shutdown``.
+        host: bind address; 127.0.0.1 accepts only this machine.
+        port: TCP port; 0 picks a free one (read ``port`` after ``start``).
+        drain_timeout_s: longest ``shutdown`` waits for requests in flight.
+        access_log: log every request at INFO (costly at high rates).
+        app_options: passed to ``make_app``.
+    """
+
+    def __init__(
+        self,
+        frontend: Frontend,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        drain_timeout_s: float = 10.0,
+        access_log: bool = False,
+        **app_options: Any,
+    ) -> None:
+        if drain_timeout_s < 0:
+            raise ConfigError(f"drain_timeout_s must be >= 0, got {drain_timeout_s}")
+        self.frontend, self.host, self.port = frontend, host, port
+        self.drain_timeout_s = drain_timeout_s
+        self.app = make_app(frontend, **app_options)
+        kwargs: dict[str, Any] = {} if access_log else {"access_log": None}
+        self._runner = web.AppRunner(
+            self.app, handle_signals=False, shutdown_timeout=drain_timeout_s, **kwargs
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Start the frontend, then listen.
+
+        Raises:
+            OSError: the address cannot be bound (in use, not ours).
+        """
+        await self.frontend.start()
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        self.port = self._runner.addresses[0][1]
+        logger.info("serving on %s", self.url)
+
+    async def shutdown(self) -> None:
+        """Stop accepting, drain requests in flight, close the frontend."""
+        self.app[SERVICE].draining = True
+        pending = self.frontend.statistics().pending
+        logger.info(
+            "draining: %d queries pending, waiting up to %g s",
+            pending,
+            self.drain_timeout_s,
+        )
+        try:
+            await self._runner.cleanup()
+        finally:
+            left = self.frontend.statistics().pending
+            if left:
+                logger.warning(
+                    "closing with %d queries still pending; they fail with "
+                    "FrontendClosedError (raise drain_timeout_s to wait longer)",
+                    left,
+                )
+            await self.frontend.close()
+            logger.info("stopped")
+
+
+def _install_signal_handlers(stop: asyncio.Event) -> list[signal.Signals]:
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (ValueError, RuntimeError, NotImplementedError):
+            # only the main thread's loop can own signals
+            logger.debug(
+                "cannot handle %s in this thread; stop the server with 'stop'", sig
+            )
+            continue
+        installed.append(sig)
+    return installed
+
+
+async def serve_http(
+    frontend: Frontend,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    drain_timeout_s: float = 10.0,
+    handle_signals: bool = True,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    **app_options: Any,
+) -> None:
+    """Start the frontend and serve HTTP until SIGINT/SIGTERM or ``stop``,
+    then drain in-flight requests and close (see the module docstring).
+
+    Args:
+        handle_signals: stop on SIGINT and SIGTERM (main thread only).
+        ready: set once the socket listens.
+        stop: set it to shut down.
+        app_options: ``make_app`` options and ``HttpServer``'s ``access_log``.
+
+    Raises:
+        OSError: the address cannot be bound.
+    """
+    stop = stop if stop is not None else asyncio.Event()
+    server = HttpServer(
+        frontend, host=host, port=port, drain_timeout_s=drain_timeout_s, **app_options
+    )
+    installed = _install_signal_handlers(stop) if handle_signals else []
+    try:
+        await server.start()
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        loop = asyncio.get_running_loop()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        await server.shutdown()
