@@ -110,7 +110,9 @@ def test_generator_rows_are_positive_sum_to_one_and_superregular() -> None:
                 for cols in itertools.combinations(range(k), size):
                     det = torch.linalg.det(g[list(rows)][:, list(cols)])
                     assert abs(float(det)) > 1e-8
-    assert torch.equal(generator_matrix(3, 1), torch.full((1, 3), 1 / 3, dtype=torch.float64))
+    assert torch.equal(
+        generator_matrix(3, 1), torch.full((1, 3), 1 / 3, dtype=torch.float64)
+    )
 
 
 def test_worst_amplification_is_k_for_the_mean_row() -> None:
@@ -143,7 +145,7 @@ def test_berrut_k2_r1_is_the_mean_and_linear_extrapolation() -> None:
 
 def test_berrut_points_interleave_and_basis_reproduces_constants() -> None:
     alpha, beta = berrut_points(10, 2)
-    assert len(set((alpha.tolist() + beta.tolist()))) == 12
+    assert len(set(alpha.tolist() + beta.tolist())) == 12
     assert alpha.min() < beta.min() and beta.max() < alpha.max()
     weights = berrut_matrix(
         alpha, torch.tensor([-0.3, 0.1, float(alpha[3])], dtype=torch.float64)
@@ -180,14 +182,20 @@ def test_mlp_decoder_never_reads_unavailable_slots() -> None:
     a, b = dec(data, parity, mask), dec(other, other_parity, mask)
     assert torch.equal(a, b)
     assert torch.equal(a[:, [0, 2]], data[:, [0, 2]])
-    assert dec.can_decode(mask.tolist()) and not dec.can_decode([False] * 3 + [True] * 2)
+    assert dec.can_decode(mask.tolist()) and not dec.can_decode(
+        [False] * 3 + [True] * 2
+    )
 
 
 @pytest.mark.parametrize(
     ("cfg", "shape", "match"),
     [
         (CodeConfig(k=2, r=2, encoder="concat"), (1, 28, 28), "one parity query"),
-        (CodeConfig(k=2, encoder="conv", decoder="linear"), (64,), "needs image inputs"),
+        (
+            CodeConfig(k=2, encoder="conv", decoder="linear"),
+            (64,),
+            "needs image inputs",
+        ),
         (CodeConfig(k=2, encoder="mlp", decoder="mlp"), (64,), "needs decoder_outputs"),
         (
             CodeConfig(k=2, encoder="mlp", decoder="linear", options={"hidden": 3}),
@@ -195,12 +203,16 @@ def test_mlp_decoder_never_reads_unavailable_slots() -> None:
             "must start with encoder_ or decoder_",
         ),
         (
-            CodeConfig(k=2, encoder="mlp", decoder="linear", options={"encoder_width": 3}),
+            CodeConfig(
+                k=2, encoder="mlp", decoder="linear", options={"encoder_width": 3}
+            ),
             (4,),
             "the mlp encoder rejected its options {'encoder_width': 3}",
         ),
         (
-            CodeConfig(k=2, encoder="mlp", decoder="linear", options={"encoder_hidden": 0}),
+            CodeConfig(
+                k=2, encoder="mlp", decoder="linear", options={"encoder_hidden": 0}
+            ),
             (4,),
             "encoder_hidden must be positive integers",
         ),
@@ -246,16 +258,24 @@ def test_learned_encoder_through_a_black_box_is_rejected() -> None:
     with pytest.raises(ConfigError, match="learned encoder .* black box"):
         check_trainable_code(base, enc, dec, [base], "decode-kl")
     # a fixed encoder with a learned decoder only reads outputs: allowed
-    enc, dec = make_code(CodeConfig(k=2, encoder="berrut", decoder="mlp",
-                                    options={"decoder_outputs": 3}), (4,))  # fmt: skip
+    enc, dec = make_code(
+        CodeConfig(
+            k=2, encoder="berrut", decoder="mlp", options={"decoder_outputs": 3}
+        ),
+        (4,),
+    )
     check_trainable_code(base, enc, dec, [base], "decode-kl")
 
 
 def test_training_setups_that_cannot_work_are_rejected() -> None:
     base = nn.Linear(4, 3)
-    enc, dec = make_code(CodeConfig(k=2, encoder="mlp", decoder="mlp",
-                                    options={"decoder_outputs": 3}), (4,))  # fmt: skip
-    with pytest.raises(ConfigError, match="learned encoder and decoder cannot be trained"):
+    enc, dec = make_code(
+        CodeConfig(k=2, encoder="mlp", decoder="mlp", options={"decoder_outputs": 3}),
+        (4,),
+    )
+    with pytest.raises(
+        ConfigError, match="learned encoder and decoder cannot be trained"
+    ):
         check_trainable_code(base, enc, dec, [base], "parity-mse")
     with pytest.raises(ConfigError, match="unknown loss 'l1'"):
         check_trainable_code(base, enc, dec, [base], "l1")
@@ -271,9 +291,13 @@ def test_training_setups_that_cannot_work_are_rejected() -> None:
 
 
 def test_learned_code_state_round_trips_through_code_config() -> None:
-    cfg = CodeConfig(k=3, r=2, encoder="mlp", decoder="mlp",
-                     options={"encoder_hidden": [16], "decoder_outputs": 5,
-                              "decoder_hidden": 8})  # fmt: skip
+    cfg = CodeConfig(
+        k=3,
+        r=2,
+        encoder="mlp",
+        decoder="mlp",
+        options={"encoder_hidden": [16], "decoder_outputs": 5, "decoder_hidden": 8},
+    )
     enc, dec = make_code(cfg, (1, 4, 4))
     enc2, dec2 = make_code(CodeConfig.from_dict(cfg.to_dict()), (1, 4, 4))
     enc2.load_state_dict(enc.state_dict(), strict=True)
@@ -284,6 +308,9 @@ def test_learned_code_state_round_trips_through_code_config() -> None:
     mask = torch.tensor([True, False, True, True, False])
     assert torch.equal(dec(out, par, mask), dec2(out, par, mask))
     # fixed codes keep nothing in their state: bundles stay compatible
-    assert make_code(CodeConfig(k=3, encoder="linear", decoder="linear"), (4,))[
-        1
-    ].state_dict() == {}
+    assert (
+        make_code(CodeConfig(k=3, encoder="linear", decoder="linear"), (4,))[
+            1
+        ].state_dict()
+        == {}
+    )

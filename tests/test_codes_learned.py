@@ -23,15 +23,24 @@ def digits() -> Dataset:
 
 @pytest.fixture(scope="module")
 def spec(digits: Dataset) -> dict:
-    return model_spec("mlp", {"hidden": [32]}, digits.input_shape, digits.num_classes,
-                      digits.normalization())  # fmt: skip
+    return model_spec(
+        "mlp",
+        {"hidden": [32]},
+        digits.input_shape,
+        digits.num_classes,
+        digits.normalization(),
+    )
 
 
 @pytest.fixture(scope="module")
 def base(digits: Dataset, spec: dict) -> nn.Module:
     torch.manual_seed(0)
-    model, _ = train_classifier(build_from_spec(spec), digits,
-                                TrainConfig(epochs=8, augment=False), progress=False)  # fmt: skip
+    model, _ = train_classifier(
+        build_from_spec(spec),
+        digits,
+        TrainConfig(epochs=8, augment=False),
+        progress=False,
+    )
     return model
 
 
@@ -44,13 +53,19 @@ def _state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_learned_code_trains_through_frozen_f(digits: Dataset, base: nn.Module) -> None:
-    cfg = CodeConfig(k=2, r=1, encoder="mlp", decoder="mlp",
-                     options={"decoder_outputs": 10, "encoder_hidden": 64})  # fmt: skip
+    cfg = CodeConfig(
+        k=2,
+        r=1,
+        encoder="mlp",
+        decoder="mlp",
+        options={"decoder_outputs": 10, "encoder_hidden": 64},
+    )
     enc, dec = make_code(cfg, digits.input_shape)
     before = evaluate_code(base, [base], enc, dec, digits.val, rounds=1)
     f_state, enc_state = _state(base), _state(enc)
-    metrics = train_parity(base, enc, dec, [base], digits, _cfg(6), loss="decode-ce",
-                           progress=False)  # fmt: skip
+    metrics = train_parity(
+        base, enc, dec, [base], digits, _cfg(6), loss="decode-ce", progress=False
+    )
     after = evaluate_code(base, [base], enc, dec, digits.val, rounds=1)
     assert metrics["epochs_run"] == 6
     # F is untouched and stays in eval mode; the encoder learned through it
@@ -66,9 +81,15 @@ def test_joint_training_updates_the_parity_model_not_f(
     parity = build_from_spec(spec)
     parity.load_state_dict(base.state_dict())
     f_state = _state(base)
-    enc, dec = make_code(CodeConfig(k=2, encoder="concat", decoder="mlp",
-                                    options={"decoder_outputs": 10}), digits.input_shape)  # fmt: skip
-    train_parity(base, enc, dec, [parity], digits, _cfg(1), loss="decode-kl", progress=False)
+    enc, dec = make_code(
+        CodeConfig(
+            k=2, encoder="concat", decoder="mlp", options={"decoder_outputs": 10}
+        ),
+        digits.input_shape,
+    )
+    train_parity(
+        base, enc, dec, [parity], digits, _cfg(1), loss="decode-kl", progress=False
+    )
     assert all(torch.equal(v, base.state_dict()[n]) for n, v in f_state.items())
     assert any(not torch.equal(v, parity.state_dict()[n]) for n, v in f_state.items())
 
@@ -77,11 +98,16 @@ def test_joint_training_updates_the_parity_model_not_f(
 def test_every_decode_loss_trains_a_learned_decoder_for_r2(
     digits: Dataset, base: nn.Module, loss: str
 ) -> None:
-    enc, dec = make_code(CodeConfig(k=3, r=2, encoder="berrut", decoder="mlp",
-                                    options={"decoder_outputs": 10}), digits.input_shape)  # fmt: skip
+    enc, dec = make_code(
+        CodeConfig(
+            k=3, r=2, encoder="berrut", decoder="mlp", options={"decoder_outputs": 10}
+        ),
+        digits.input_shape,
+    )
     dec_state = _state(dec)
-    metrics = train_parity(base, enc, dec, [base, base], digits, _cfg(1), loss=loss,
-                           progress=False)  # fmt: skip
+    metrics = train_parity(
+        base, enc, dec, [base, base], digits, _cfg(1), loss=loss, progress=False
+    )
     assert 0.0 <= metrics["val_reconstruction_top1"] <= 1.0
     assert any(not torch.equal(v, dec.state_dict()[n]) for n, v in dec_state.items())
 
@@ -91,12 +117,15 @@ def test_linear_code_with_linear_f_reconstructs_every_erasure_pattern(
 ) -> None:
     torch.manual_seed(0)
     f = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))  # logistic-regression logits
-    enc, dec = make_code(CodeConfig(k=4, r=2, encoder="linear", decoder="linear"),
-                         digits.input_shape)  # fmt: skip
+    enc, dec = make_code(
+        CodeConfig(k=4, r=2, encoder="linear", decoder="linear"), digits.input_shape
+    )
     metrics = evaluate_code(f, [f, f], enc, dec, digits.test, rounds=1)
     # every erased prediction is rebuilt as F's own: degraded = F's accuracy
     assert metrics["reconstruction_top1"] == 1.0
-    assert metrics["degraded_top1"] == pytest.approx(metrics["available_top1"], abs=0.02)
+    assert metrics["degraded_top1"] == pytest.approx(
+        metrics["available_top1"], abs=0.02
+    )
 
 
 def test_linear_r2_parity_models_train_with_parity_mse(
@@ -105,8 +134,9 @@ def test_linear_r2_parity_models_train_with_parity_mse(
     parity = [build_from_spec(spec) for _ in range(2)]
     for p in parity:
         p.load_state_dict(base.state_dict())
-    enc, dec = make_code(CodeConfig(k=2, r=2, encoder="linear", decoder="linear"),
-                         digits.input_shape)  # fmt: skip
+    enc, dec = make_code(
+        CodeConfig(k=2, r=2, encoder="linear", decoder="linear"), digits.input_shape
+    )
     before = evaluate_code(base, parity, enc, dec, digits.val, rounds=1)
     train_parity(base, enc, dec, parity, digits, _cfg(4), progress=False)
     after = evaluate_code(base, parity, enc, dec, digits.val, rounds=1)
@@ -116,18 +146,30 @@ def test_linear_r2_parity_models_train_with_parity_mse(
 def test_bundle_round_trips_a_learned_code(
     tmp_path: Path, digits: Dataset, base: nn.Module, spec: dict
 ) -> None:
-    code = CodeConfig(k=3, r=2, encoder="mlp", decoder="mlp",
-                      options={"decoder_outputs": 10, "encoder_hidden": [16]})  # fmt: skip
+    code = CodeConfig(
+        k=3,
+        r=2,
+        encoder="mlp",
+        decoder="mlp",
+        options={"decoder_outputs": 10, "encoder_hidden": [16]},
+    )
     enc, dec = make_code(code, digits.input_shape)
     fill = torch.from_numpy(digits.val.x[0])
     bundle = Bundle(
         path=None,
         manifest={"base": spec, "parity": {**spec, "count": 2}, "code": code.to_dict()},
-        base=base, parity=[base, base], encoder=enc, decoder=dec,
-        fill_input=fill, fill_output=base(fill[None])[0].detach(),
-    )  # fmt: skip
+        base=base,
+        parity=[base, base],
+        encoder=enc,
+        decoder=dec,
+        fill_input=fill,
+        fill_output=base(fill[None])[0].detach(),
+    )
     loaded = load_bundle(save_bundle(tmp_path / "b", bundle))
-    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["code"] == code.to_dict()
+    assert (
+        json.loads((tmp_path / "b" / "manifest.json").read_text())["code"]
+        == code.to_dict()
+    )
     x = torch.from_numpy(digits.test.x[:6]).view(2, 3, *digits.input_shape)
     with torch.no_grad():
         assert torch.equal(loaded.encoder(x), enc(x))
@@ -139,19 +181,36 @@ def test_bundle_round_trips_a_learned_code(
 @pytest.mark.slow
 def test_codes_table_smoke_writes_rows_and_plot(tmp_path: Path) -> None:
     from learncc.bench.codes_table import (
-        ROW_KEYS, TableConfig, plot_degraded_vs_k, run_codes_table,
-    )  # fmt: skip
+        ROW_KEYS,
+        TableConfig,
+        plot_degraded_vs_k,
+        run_codes_table,
+    )
 
-    cfg = TableConfig(datasets=("digits",), k_values=(2,), base_epochs={"digits": 2},
-                      code_epochs={"digits": 1}, rounds=1)  # fmt: skip
+    cfg = TableConfig(
+        datasets=("digits",),
+        k_values=(2,),
+        base_epochs={"digits": 2},
+        code_epochs={"digits": 1},
+        rounds=1,
+    )
     seen: list[tuple[int, int]] = []
-    rows = run_codes_table(cfg, on_row=lambda done, total, row: seen.append((done, total)))
+    rows = run_codes_table(
+        cfg, on_row=lambda done, total, row: seen.append((done, total))
+    )
     # digits r=1: all six codes; r=2: berrut, linear, learned-mlp, learned-conv
     assert [(r["code"], r["r"]) for r in rows] == [
-        ("berrut", 1), ("linear", 1), ("concat", 1), ("learned-mlp", 1),
-        ("learned-conv", 1), ("concat-joint", 1),
-        ("berrut", 2), ("linear", 2), ("learned-mlp", 2), ("learned-conv", 2),
-    ]  # fmt: skip
+        ("berrut", 1),
+        ("linear", 1),
+        ("concat", 1),
+        ("learned-mlp", 1),
+        ("learned-conv", 1),
+        ("concat-joint", 1),
+        ("berrut", 2),
+        ("linear", 2),
+        ("learned-mlp", 2),
+        ("learned-conv", 2),
+    ]
     assert all(tuple(r) == ROW_KEYS for r in rows)
     assert seen[-1] == (10, 10)
     assert rows[0]["train_s"] == 0.0 or rows[0]["train_s"] < 0.01  # berrut: no training

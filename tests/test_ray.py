@@ -75,7 +75,9 @@ async def test_coded_answers_match_f_and_groups_span_nodes(
         nodes = {key: backend.node(*key) for key in backend.slots}
 
     # instance g (data first, then parity) sits on node g mod 2
-    ordered = [nodes[(DATA, i)] for i in range(4)] + [nodes[(PARITY, i)] for i in range(2)]
+    ordered = [nodes[(DATA, i)] for i in range(4)] + [
+        nodes[(PARITY, i)] for i in range(2)
+    ]
     assert len(set(ordered)) == 2
     assert ordered[0::2] == [ordered[0]] * 3 and ordered[1::2] == [ordered[1]] * 3
     # the two data members of every coding group ran on different nodes
@@ -86,18 +88,23 @@ async def test_coded_answers_match_f_and_groups_span_nodes(
         assert nodes[(DATA, i)] != nodes[(DATA, j)]
     with torch.no_grad():
         expected = load_bundle(digits_bundle).base(torch.from_numpy(x)).numpy()
-    got = np.stack([a.output for a in answers])
-    assert not any(a.reconstructed for a in answers)
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # with no slowdown most answers are F's own; a member that loses the race
+    # to its partner and the parity is reconstructed, which is allowed
+    own = [i for i, a in enumerate(answers) if not a.reconstructed]
+    assert len(own) >= 32
+    got = np.stack([answers[i].output for i in own])
+    np.testing.assert_allclose(got, expected[own], rtol=1e-5, atol=1e-5)
     assert shape.instances == 6
 
 
-async def test_batches_many_queries_per_actor_call(cluster: object, digits_bundle: Path) -> None:
+async def test_batches_many_queries_per_actor_call(
+    cluster: object, digits_bundle: Path
+) -> None:
     bundle = load_bundle(digits_bundle)
     backend = RayBackend(digits_bundle, data_instances=2, max_batch=64, noop=True)
     frontend = Frontend(backend, input_shape=bundle.input_shape)
     async with frontend:
-        x = _inputs(400)
+        x = np.concatenate([_inputs(200)] * 2)  # the digits test split has 360
         answers = await asyncio.gather(*(frontend.infer(q) for q in x))
     assert all(a.output.shape == (10,) and not a.output.any() for a in answers)
     # 200 queries per actor, sent in one tick: calls of 64, 64, 64, 8
@@ -109,14 +116,20 @@ async def test_killed_actor_under_load_every_query_answered_once(
     cluster: object, digits_bundle: Path
 ) -> None:
     bundle = load_bundle(digits_bundle)
-    backend = RayBackend(digits_bundle, data_instances=2, parity_instances=1, service_ms=5)
-    frontend = Frontend(backend, input_shape=bundle.input_shape, coding=coding_from_bundle(bundle))
+    backend = RayBackend(
+        digits_bundle, data_instances=2, parity_instances=1, service_ms=5
+    )
+    frontend = Frontend(
+        backend, input_shape=bundle.input_shape, coding=coding_from_bundle(bundle)
+    )
     sent = _spy_sends(backend)
-    x = _inputs(300)
+    x = np.concatenate([_inputs(150)] * 2)
     async with frontend:
         # data/0 is 8x slow for the whole run: its queries are reconstructed
         slow = {"slow_factor": 8.0, "episodes": [[0.0, 600.0]]}
-        await backend.configure(DATA, 0, {"schedule": slow, "t0": asyncio.get_running_loop().time()})
+        await backend.configure(
+            DATA, 0, {"schedule": slow, "t0": asyncio.get_running_loop().time()}
+        )
         old_pid = backend.pid(DATA, 0)
         futures = []
         for i, q in enumerate(x):
@@ -150,7 +163,9 @@ async def test_killed_actor_under_load_every_query_answered_once(
     assert after.output.shape == (10,)
 
 
-async def test_no_node_with_the_gpus_is_a_config_error(cluster: object, digits_bundle: Path) -> None:
+async def test_no_node_with_the_gpus_is_a_config_error(
+    cluster: object, digits_bundle: Path
+) -> None:
     backend = RayBackend(digits_bundle, data_instances=1, num_gpus=0.5)
     with pytest.raises(ConfigError, match=r"no alive Ray node has num_gpus=0\.5"):
         await backend.start(handler=None)  # type: ignore[arg-type]

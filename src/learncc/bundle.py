@@ -10,6 +10,8 @@ A bundle is a directory:
   a ``kind`` (``onnx``, ``sklearn``, ``callable``) and an ONNX graph lives in
   ``base.onnx``;
 - ``parity.safetensors``: the r parity models' weights (prefix ``<j>.``);
+- ``backup.safetensors`` (optional): a smaller approximate model for the
+  ``cheap`` baseline, described by the manifest's ``backup`` entry;
 - ``code.safetensors``: parameters of learned encoders/decoders and the fill
   query used to complete partial coding groups, with F's output on it.
 
@@ -41,6 +43,7 @@ FORMAT = "learncc-bundle"
 VERSION = 1
 MANIFEST = "manifest.json"
 BASE, PARITY, CODE = "base.safetensors", "parity.safetensors", "code.safetensors"
+BACKUP = "backup.safetensors"
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Bundle:
     decoder: Decoder
     fill_input: torch.Tensor  # (*in): completes partial coding groups
     fill_output: torch.Tensor  # (*out): F(fill_input)
+    backup: nn.Module | None = None  # the cheap baseline's approximate model
 
     @property
     def code(self) -> CodeConfig:
@@ -109,6 +113,8 @@ def save_bundle(path: str | Path, bundle: Bundle) -> Path:
     for j, model in enumerate(bundle.parity):
         parity.update({f"{j}.{n}": t for n, t in model.state_dict().items()})
     save_file(_contiguous(parity), str(path / PARITY))
+    if bundle.backup is not None:
+        save_file(_contiguous(bundle.backup.state_dict()), str(path / BACKUP))
     code = {f"encoder.{n}": t for n, t in bundle.encoder.state_dict().items()}
     code |= {f"decoder.{n}": t for n, t in bundle.decoder.state_dict().items()}
     code |= {"fill.input": bundle.fill_input, "fill.output": bundle.fill_output}
@@ -182,6 +188,7 @@ def load_bundle(path: str | Path) -> Bundle:
         ]
         code = CodeConfig.from_dict(manifest["code"])
         encoder, decoder = make_code(code, tuple(manifest["base"]["input_shape"]))
+        backup = build_from_spec(manifest["backup"]) if "backup" in manifest else None
     except KeyError as e:
         raise BundleError(f"{manifest_path} lacks the entry {e}") from None
     except BundleError:
@@ -198,6 +205,9 @@ def load_bundle(path: str | Path) -> Bundle:
         prefix = f"{j}."
         _load_state(model, {k[len(prefix):]: v for k, v in tensors.items()
                             if k.startswith(prefix)}, f"parity model {j}")  # fmt: skip
+    if backup is not None:
+        _load_state(backup, _read_tensors(path / BACKUP), "backup model")
+        backup.eval()
     code_tensors = _read_tensors(path / CODE)
     for name, module in (("encoder", encoder), ("decoder", decoder)):
         prefix = f"{name}."
@@ -218,6 +228,7 @@ def load_bundle(path: str | Path) -> Bundle:
         decoder=decoder,
         fill_input=code_tensors["fill.input"],
         fill_output=code_tensors["fill.output"],
+        backup=backup,
     )
 
 

@@ -34,6 +34,14 @@ logger = logging.getLogger("learncc.cli")
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info logs.")]
 
 
+def _serving_threads() -> None:
+    # The frontend encodes one small group at a time; torch's thread pool
+    # only adds overhead there and competes with the instances for cores.
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def _setup_logging(quiet: bool) -> None:
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
@@ -88,6 +96,18 @@ def accuracy_summary(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _widths(value: str) -> tuple[int, ...] | None:
+    if value.strip().lower() == "none":
+        return None
+    try:
+        widths = tuple(int(v) for v in _csv(value))
+    except ValueError:
+        raise ConfigError(f"--backup-hidden takes comma-separated integers or 'none', got {value!r}") from None
+    if not widths or min(widths) < 1:
+        raise ConfigError(f"--backup-hidden needs positive widths, got {value!r}")
+    return widths
+
+
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
@@ -133,6 +153,7 @@ def demo(
     console.print(f"[bold]2/3[/] serving: coded (4 data + 2 parity instances) vs equal "
                   f"resources (6 data instances), {rate:g} queries/s for {duration:g} s each, "
                   f"slowdown {slowdown!r}")  # fmt: skip
+    _serving_threads()
     results = run_comparison(out / "bundle", bench_cfg, progress=not quiet)
     latency = summary(results)
     console.print(latency_table(latency, "latency (ms), same arrivals and slowdowns"))
@@ -163,6 +184,7 @@ def train(
     augment: bool = True,
     seed: int = 0,
     resume: Annotated[bool, typer.Option(help="Continue parity training from OUT/checkpoint.")] = False,
+    backup_hidden: Annotated[str, typer.Option(help="Hidden widths of the cheap baseline's backup MLP, e.g. 32 or 64,32; 'none' to skip.")] = "32",
     quiet: Quiet = False,
 ) -> None:
     """Train F and its parity model(s); write a coded model bundle."""
@@ -184,7 +206,7 @@ def train(
         data, code, model=model,
         base_cfg=TrainConfig(epochs=epochs, **cfg), parity_cfg=TrainConfig(epochs=parity_epochs, **cfg),
         out=out, base_state=base_state, checkpoint_dir=out / "checkpoint", resume=resume,
-        progress=not quiet,
+        backup_hidden=_widths(backup_hidden), progress=not quiet,
     )  # fmt: skip
     console.print(accuracy_table(accuracy_summary(bundle.manifest["metrics"]),
                                  f"{dataset} test, {model}, k={k}, r={r}, {encoder}/{decoder}"))  # fmt: skip
@@ -214,28 +236,41 @@ def evaluate(
 
 @app.command()
 def bench(
-    bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
-    out: Annotated[Path, typer.Option(help="Directory for results.json and the CDF plot.")] = Path("runs/bench"),
-    modes: Annotated[str, typer.Option(help="Comma-separated: coded, equal, none.")] = "coded,equal",
+    bundle: Annotated[Path | None, typer.Argument(help="Bundle directory (not with --config).")] = None,
+    out: Annotated[Path, typer.Option(help="Directory for results.json and the plots.")] = Path("runs/bench"),
+    config: Annotated[Path | None, typer.Option(help="A sweep config (TOML); see configs/.")] = None,
+    modes: Annotated[str, typer.Option(help="Comma-separated: coded, equal, none, hedge, replicate, cheap.")] = "coded,equal",
     rate: Annotated[float, typer.Option(help="Offered load, queries/s.")] = 300.0,
     duration: Annotated[float, typer.Option(help="Seconds of load per mode.")] = 30.0,
     warmup: float = 3.0,
-    slowdown: Annotated[str, typer.Option(help="none, episodes, heavy, jitter, fail-one, crash-one.")] = "episodes",
+    slowdown: Annotated[str, typer.Option(help="none, episodes, heavy, jitter, network, cpu-load, colocated, fail-one, crash-one.")] = "episodes",
     m: Annotated[int, typer.Option(help="Data instances of the coded deployment.")] = 4,
     service_ms: Annotated[float, typer.Option(help="Least service time of one batch (emulates a larger model).")] = 5.0,
+    per_item_ms: Annotated[float, typer.Option(help="Extra service time per query in a batch after the first.")] = 0.0,
+    max_batch: Annotated[int, typer.Option(help="Most queued queries an instance serves at once.")] = 1,
+    policy: Annotated[str, typer.Option(help="round-robin, shortest-queue or shared-queue.")] = "round-robin",
+    noop: Annotated[bool, typer.Option(help="Instances return zeros without running the model.")] = False,
     seed: int = 0,
     quiet: Quiet = False,
     backend: Annotated[str, typer.Option(help="local (processes here) or ray (Ray actors).")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster to join; default: start a local one.")] = None,
 ) -> None:
-    """Compare serving modes at equal resources on one arrival trace and slowdown schedule."""
+    """Compare serving modes at equal resources on one arrival trace and
+    slowdown schedule; with --config, run a sweep."""
     from learncc.bench.plots import latency_cdf
     from learncc.bench.run import BenchConfig, run_comparison, summary
 
     _setup_logging(quiet)
+    if config is not None:
+        _bench_sweep(config, out, quiet)
+        return
+    if bundle is None:
+        raise ConfigError("give a bundle directory, or a sweep with --config FILE")
     cfg = BenchConfig(modes=_csv(modes), rate_qps=rate, duration_s=duration, warmup_s=warmup,
-                      slowdown=slowdown, m=m, service_ms=service_ms, seed=seed,
+                      slowdown=slowdown, m=m, service_ms=service_ms, per_item_ms=per_item_ms,
+                      max_batch=max_batch, policy=policy, noop=noop, seed=seed,
                       backend=backend, ray_address=address)  # fmt: skip
+    _serving_threads()
     results = run_comparison(bundle, cfg, progress=not quiet)
     latency = summary(results)
     console.print(latency_table(latency, f"latency (ms), {rate:g} q/s, slowdown {slowdown!r}"))
@@ -245,6 +280,27 @@ def bench(
     _write_json(out / "service_times.json", {k: v.service_ms for k, v in results.items()})
     console.print(f"wrote {out / 'results.json'}, {out / 'service_times.json'} and "
                   f"{out / 'latency_cdf.png'}")  # fmt: skip
+
+
+def _bench_sweep(config_path: Path, out: Path, quiet: bool) -> None:
+    from learncc.bench.sweep import load_config, plot_sweep, run_sweep
+
+    config = load_config(config_path)
+    _serving_threads()
+    out = Path(config.get("out", out))
+    result = run_sweep(config, progress=not quiet)
+    param = result["param"]
+    table = Table(title=f"sweep of {param} ({config_path.name})")
+    for col in (param, "mode", "p50 ms", "p99 ms", "p99.9 ms", "n", "reconstructed"):
+        table.add_column(col, justify="right")
+    for row in result["rows"]:
+        for mode, r in row["latency_ms"].items():
+            table.add_row(str(row["value"]), mode, f"{r['p50']:.2f}", f"{r['p99']:.2f}",
+                          f"{r['p999']:.2f}", str(r["n"]), str(r["reconstructed"]))  # fmt: skip
+    console.print(table)
+    _write_json(out / "results.json", result)
+    plot = plot_sweep(result, out / "sweep.png", title=f"{config_path.stem}: latency vs {param}")
+    console.print(f"wrote {out / 'results.json'} and {plot}")
 
 
 @app.command()

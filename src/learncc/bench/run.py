@@ -14,7 +14,8 @@ import numpy as np
 from learncc.bench.loadgen import ModeResult, drive, poisson_trace
 from learncc.bundle import load_bundle
 from learncc.errors import ConfigError
-from learncc.serving.backend import DATA, PARITY
+from learncc.bench.interference import interference
+from learncc.serving.backend import BACKUP, DATA, PARITY
 from learncc.serving.deploy import MODES, deployment
 from learncc.serving.slowdown import instance_schedule, preset
 
@@ -37,7 +38,10 @@ class BenchConfig:
     slowdown: str = "episodes"
     m: int = 4
     service_ms: float = 5.0
+    per_item_ms: float = 0.0
     max_batch: int = 1
+    policy: str = "round-robin"
+    noop: bool = False
     flush_timeout_s: float = 0.005
     query_timeout_s: float = 10.0
     seed: int = 0
@@ -76,13 +80,16 @@ async def run_mode(
         assert abs(loop.time() - time.monotonic()) < 0.05
         numbered = [(DATA, i) for i in range(shape.data_instances)]
         numbered += [(PARITY, i) for i in range(shape.parity_instances)]
+        numbered += [(BACKUP, i) for i in range(shape.backup_instances)]
         for g, (role, i) in enumerate(numbered):
             schedule = instance_schedule(slowdown, g, cfg.duration_s + 60, cfg.seed)
             await frontend.backend.configure(role, i, {"schedule": schedule, "t0": start})
-        result = await drive(
-            frontend, trace, pool, labels=labels, warmup_s=cfg.warmup_s, start_at=start,
-            progress=f"{mode:>6} ({shape.instances} instances)" if progress else None,
-        )  # fmt: skip
+        with interference(background_procs=slowdown.background_procs,
+                          colocated_procs=slowdown.colocated_procs, bundle=bundle_path):  # fmt: skip
+            result = await drive(
+                frontend, trace, pool, labels=labels, warmup_s=cfg.warmup_s, start_at=start,
+                progress=f"{mode:>9} ({shape.instances} instances)" if progress else None,
+            )  # fmt: skip
         stats = frontend.statistics()
         result = replace(result, service_ms=await frontend.backend.service_times())
     logger.info("%s: %s", mode, stats)

@@ -84,9 +84,7 @@ class BerrutEncoder(Encoder):
     def __init__(self, *, k: int, r: int, input_shape: tuple[int, ...]) -> None:
         super().__init__(k=k, r=r, input_shape=input_shape)
         alpha, beta = berrut_points(k, r)
-        self.register_buffer(
-            "weights", berrut_matrix(alpha, beta), persistent=False
-        )
+        self.register_buffer("weights", berrut_matrix(alpha, beta), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
@@ -106,9 +104,7 @@ class BerrutDecoder(PatternDecoder):
         super().__init__(k=k, r=r)
         alpha, beta = berrut_points(k, r)
         self._points = torch.cat([alpha, beta])  # slot order: data, then parity
-        self.register_buffer(
-            "weights", berrut_matrix(alpha, beta), persistent=False
-        )
+        self.register_buffer("weights", berrut_matrix(alpha, beta), persistent=False)
 
     def parity_target(self, data_out: Tensor) -> Tensor:
         return torch.einsum("jk,bk...->bj...", self.weights.to(data_out), data_out)

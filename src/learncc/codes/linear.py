@@ -77,9 +77,7 @@ class LinearEncoder(Encoder):
     def __init__(self, *, k: int, r: int, input_shape: tuple[int, ...]) -> None:
         super().__init__(k=k, r=r, input_shape=input_shape)
         # float64, cast per call; not saved: it is a function of (k, r) alone
-        self.register_buffer(
-            "weights", generator_matrix(k, r), persistent=False
-        )
+        self.register_buffer("weights", generator_matrix(k, r), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
@@ -161,9 +159,7 @@ class LinearDecoder(PatternDecoder):
 
     def __init__(self, *, k: int, r: int) -> None:
         super().__init__(k=k, r=r)
-        self.register_buffer(
-            "weights", generator_matrix(k, r), persistent=False
-        )
+        self.register_buffer("weights", generator_matrix(k, r), persistent=False)
         self._g64 = generator_matrix(k, r)
 
     def parity_target(self, data_out: Tensor) -> Tensor:

@@ -364,3 +364,68 @@ class LocalBackend:
         if self._logdir is not None:
             self._logdir.cleanup()
             self._logdir = None
+
+
+class NoopBackend:
+    """Instances inside the frontend's process that answer zeros on the next
+    loop iteration: what is left is the frontend's own cost per query
+    (grouping, encoding, decoding, bookkeeping), for throughput tests.
+
+    Args:
+        output_shape: shape of each (zero) output.
+        fail_every: if > 0, every n-th data query is never answered, so that
+            coded groups must decode.
+    """
+
+    def __init__(
+        self,
+        *,
+        data_instances: int,
+        parity_instances: int = 0,
+        output_shape: tuple[int, ...] = (10,),
+        fail_every: int = 0,
+    ) -> None:
+        self.counts = {DATA: data_instances, PARITY: parity_instances, BACKUP: 0}
+        self.zeros = np.zeros(output_shape, np.float32)
+        self.fail_every = fail_every
+        self.sent = 0
+        self.answers: list[tuple[str, int, int]] = []
+        self.closed = False
+
+    async def start(self, handler: Handler) -> None:
+        self.handler = handler
+        self.loop = asyncio.get_running_loop()
+
+    def send(self, role: str, index: int, tag: int, x: np.ndarray) -> None:
+        self.sent += 1
+        if role == DATA and self.fail_every and self.sent % self.fail_every == 0:
+            return
+        if not self.answers:
+            self.loop.call_soon(self._flush)
+        self.answers.append((role, index, tag))
+
+    def _flush(self) -> None:
+        # one callback per loop iteration answers everything sent in it
+        answers, self.answers = self.answers, []
+        if self.closed:
+            return
+        for role, index, tag in answers:
+            self.handler.on_result(role, index, tag, self.zeros, None)
+
+    def cancel(self, role: str, index: int, tag: int) -> None:
+        pass
+
+    def alive(self, role: str, index: int) -> bool:
+        return True
+
+    def depth(self, role: str, index: int) -> int:
+        return 0
+
+    async def configure(self, role: str, index: int, message: dict[str, Any]) -> None:
+        pass
+
+    async def service_times(self) -> dict[str, list[float]]:
+        return {}
+
+    async def close(self) -> None:
+        self.closed = True

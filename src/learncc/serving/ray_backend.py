@@ -20,13 +20,15 @@ Design, and why:
   carries one ``(n, *in)`` array and returns one ``(n, *out)`` array whose
   rows are matched to the tags kept for that call.
 - **Placement.** Instances are numbered data first, then parity, and
-  instance g is pinned (softly) to node ``g mod N`` of the N alive nodes
+  instance g is pinned to node ``g mod N`` of the N alive nodes
   that have the resources. The frontend's round robin puts consecutive data
   indices into one coding group, so a group's k members sit on distinct
   nodes whenever N >= k, and one node's trouble hits as few members of a
-  group as possible. Ray's own ``SPREAD`` strategy was tried first: it
-  balances counts but placed data 0 and 1 on the same node. Soft affinity
-  lets a replacement start elsewhere when its node is gone.
+  group as possible. Nodes without room for an instance (``num_cpus``,
+  ``num_gpus``) are skipped. Ray's own ``SPREAD`` strategy was tried first:
+  it balances counts but placed data 0 and 1 on the same node, as did soft
+  node affinity for zero-CPU actors. A replacement whose node is gone is
+  placed on the alive node hosting the fewest instances.
 - **The bundle travels through the object store.** Its top-level files are
   read once, ``ray.put`` once, and every actor writes them to a temporary
   directory, loads the bundle, and removes the directory, so nodes need no
@@ -195,7 +197,7 @@ class InstanceActor:
 class _Slot:
     role: str
     index: int
-    node: str | None = None  # node id it is pinned to (softly)
+    node: str | None = None  # node id it is pinned to
     actor: Any = None
     pid: int | None = None
     actual_node: str | None = None
@@ -289,7 +291,9 @@ class RayBackend:
         self._dirty: set[_Slot] = set()
         self._flush_scheduled = False
         self._call_ids = itertools.count()
-        self.calls_sent = 0  # actor calls made for queries; queries / calls = batch size
+        self.calls_sent = (
+            0  # actor calls made for queries; queries / calls = batch size
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._files_ref: Any = None
 
@@ -310,11 +314,11 @@ class RayBackend:
         if self.ship_bundle:
             self._files_ref = ray.put(read_bundle_files(self.bundle))
         self._remote = ray.remote(concurrency_groups={_CONTROL: 1})(InstanceActor)
-        nodes = self._eligible_nodes(ray)
         numbered = [(DATA, i) for i in range(self.counts[DATA])]
         numbered += [(PARITY, i) for i in range(self.counts[PARITY])]
-        for g, (role, index) in enumerate(numbered):
-            slot = _Slot(role, index, node=nodes[g % len(nodes)])
+        nodes = self._place(ray, len(numbered))
+        for (role, index), node in zip(numbered, nodes, strict=True):
+            slot = _Slot(role, index, node=node)
             self.slots[(role, index)] = slot
             self._create(slot)
         try:
@@ -333,24 +337,49 @@ class RayBackend:
             slot.is_alive = True
         used = {s.actual_node for s in self.slots.values()}
         logger.info(
-            "ray backend up: %d data + %d parity instances on %d of %d nodes",
-            *(self.counts[DATA], self.counts[PARITY], len(used), len(nodes)),
+            "ray backend up: %d data + %d parity instances on %d nodes",
+            *(self.counts[DATA], self.counts[PARITY], len(used)),
         )
 
-    def _eligible_nodes(self, ray: Any) -> list[str]:
-        nodes = [
-            n["NodeID"]
-            for n in ray.nodes()
-            if n.get("Alive")
-            and n["Resources"].get("GPU", 0) >= self.num_gpus
-            and n["Resources"].get("CPU", 0) >= self.num_cpus
-        ]
-        if not nodes:
+    def _capacities(self, ray: Any) -> dict[str, int]:
+        """Instances each alive node can host, by node id, for nodes that can
+        host at least one."""
+        out = {}
+        for n in ray.nodes():
+            if not n.get("Alive"):
+                continue
+            fits = [
+                int(n["Resources"].get(name, 0) / need + 1e-9)
+                for name, need in (("GPU", self.num_gpus), ("CPU", self.num_cpus))
+                if need > 0
+            ]
+            room = min(fits) if fits else 1 << 30
+            if room > 0:
+                out[n["NodeID"]] = room
+        return out
+
+    def _place(self, ray: Any, count: int) -> list[str]:
+        """Node ids for instances 0..count-1: round robin over the sorted
+        alive nodes, skipping nodes that are full."""
+        capacity = self._capacities(ray)
+        if not capacity:
             raise ConfigError(
                 f"no alive Ray node has num_gpus={self.num_gpus:g} and "
                 f"num_cpus={self.num_cpus:g} for an instance; lower them or add nodes"
             )
-        return sorted(nodes)
+        nodes, placed, cursor = sorted(capacity), [], 0
+        for _ in range(count):
+            free = [nodes[(cursor + s) % len(nodes)] for s in range(len(nodes))]
+            node = next((n for n in free if capacity[n] > 0), None)
+            if node is None:
+                raise ConfigError(
+                    f"the cluster holds {len(placed)} instances with num_gpus="
+                    f"{self.num_gpus:g} and num_cpus={self.num_cpus:g}, not {count}"
+                )
+            capacity[node] -= 1
+            placed.append(node)
+            cursor = (nodes.index(node) + 1) % len(nodes)
+        return placed
 
     def _create(self, slot: _Slot) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -372,8 +401,10 @@ class RayBackend:
         if self.num_gpus:
             options["num_gpus"] = self.num_gpus
         if slot.node is not None:
+            # hard: Ray 2.60 put zero-CPU actors with soft affinity on other
+            # nodes; _replace picks a new node when this one is gone
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(
-                slot.node, soft=True
+                slot.node, soft=False
             )
         slot.actor = self._remote.options(**options).remote(spec, self._files_ref)
 
@@ -511,6 +542,14 @@ class RayBackend:
         except ValueError:
             pass
         for attempt in range(3):
+            alive = self._capacities(ray)
+            if slot.node not in alive and alive:
+                # its node is gone: the alive node hosting the fewest instances
+                hosted = dict.fromkeys(alive, 0)
+                for other in self.slots.values():
+                    if other.node in hosted and other is not slot:
+                        hosted[other.node] += 1
+                slot.node = min(sorted(hosted), key=hosted.__getitem__)
             self._create(slot)
             try:
                 await asyncio.wait_for(self._await_ready(slot), self.start_timeout_s)

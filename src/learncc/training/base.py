@@ -70,6 +70,7 @@ def train_classifier(
     steps = -(-len(y) // cfg.batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = one_cycle(optimizer, cfg, steps)
+    augment = cfg.augment and x.dim() == 4  # affine augmentation needs images
     best: dict[str, Any] = {"val_top1": -1.0, "state": None, "epoch": -1}
 
     bar = tqdm(range(cfg.epochs), desc="train F", unit="epoch", disable=not progress)
@@ -78,7 +79,7 @@ def train_classifier(
         order = torch.randperm(len(y), generator=gen)
         for i in range(0, len(y), cfg.batch_size):
             batch = order[i : i + cfg.batch_size]
-            xb = random_affine(x[batch], generator=gen) if cfg.augment else x[batch]
+            xb = random_affine(x[batch], generator=gen) if augment else x[batch]
             loss = F.cross_entropy(model(xb), y[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -12,7 +12,7 @@ import torch
 from learncc.bundle import Bundle, build_from_spec, model_spec, save_bundle
 from learncc.codes import CodeConfig, make_code
 from learncc.data import Dataset
-from learncc.training.base import TrainConfig, train_classifier
+from learncc.training.base import TrainConfig, top1, train_classifier
 from learncc.training.evaluate import evaluate_code
 from learncc.training.parity import train_parity
 
@@ -31,10 +31,14 @@ def train_bundle(
     base_state: dict[str, torch.Tensor] | None = None,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
+    backup_hidden: tuple[int, ...] | None = (32,),
     progress: bool = True,
 ) -> Bundle:
     """Train F (unless ``base_state`` is given) and a parity model, evaluate
     both on the test split, and save the bundle to ``out`` if given.
+
+    With ``backup_hidden``, also train the ``cheap`` baseline's backup model:
+    an MLP with those hidden widths (a few times cheaper than F).
 
     The parity model starts from F's weights: it must compute something
     close to F (the sum of F's outputs), and in our runs this start gained
@@ -63,6 +67,14 @@ def train_bundle(
     parity_s = time.perf_counter() - started
     metrics = evaluate_code(base, parity, encoder, decoder, data.test, seed=parity_cfg.seed)
 
+    backup = backup_spec = None
+    if backup_hidden is not None:
+        backup_spec = model_spec("mlp", {"hidden": list(backup_hidden)}, data.input_shape,
+                                 data.num_classes, data.normalization())  # fmt: skip
+        backup, backup_metrics = train_classifier(build_from_spec(backup_spec), data,
+                                                  base_cfg, progress=progress)  # fmt: skip
+        metrics["backup_top1"] = top1(backup, data.test)
+
     with torch.no_grad():
         fill_input = torch.from_numpy(data.val.x[0])
         fill_output = base(fill_input[None])[0]
@@ -76,9 +88,10 @@ def train_bundle(
             "train": {"base": base_cfg.to_dict(), "parity": parity_cfg.to_dict(),
                       "base_s": base_s, "parity_s": parity_s},  # fmt: skip
             "metrics": {**metrics, "base_train": base_metrics, "parity_train": parity_metrics},
+            **({"backup": backup_spec} if backup_spec is not None else {}),
         },
         base=base, parity=parity, encoder=encoder, decoder=decoder,
-        fill_input=fill_input, fill_output=fill_output,
+        fill_input=fill_input, fill_output=fill_output, backup=backup,
     )  # fmt: skip
     if out is not None:
         bundle.path = save_bundle(out, bundle)

@@ -274,12 +274,13 @@ def _to_float32(array: np.ndarray, datatype: str) -> np.ndarray:
                 "hold exactly; send FP32",
             )
         return array.astype(np.float32)
-    with np.errstate(over="ignore", invalid="ignore"):
+    if not np.isfinite(array).all():
+        raise HttpError(400, f"{datatype} input holds NaN or infinity")
+    with np.errstate(over="ignore"):
         converted = array.astype(np.float32)
     if not np.isfinite(converted).all():
         raise HttpError(
-            400,
-            f"{datatype} input holds NaN, infinity or values beyond float32's range",
+            400, f"{datatype} input holds values beyond float32's range (+-3.4e38)"
         )
     return converted
 

@@ -83,7 +83,7 @@ def _schemas(settings: HttpSettings, input_shape: list[int]) -> dict[str, Any]:
                 "parameters": {
                     "type": "object",
                     "properties": {
-                        "timeout_ms": {"type": "number", "exclusiveMinimum": 0},
+                        "timeout_ms": {"type": "number", "minimum": 0, "exclusiveMinimum": True},
                         "timeout": {"type": "integer", "minimum": 1},
                         "binary_data_output": {"type": "boolean"},
                     },
@@ -273,7 +273,7 @@ def document(settings: HttpSettings, input_shape: tuple[int, ...]) -> dict[str, 
                         "name": "timeout_ms",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "number", "exclusiveMinimum": 0},
+                        "schema": {"type": "number", "minimum": 0, "exclusiveMinimum": True},
                     }
                 ],
                 "requestBody": {

@@ -1,0 +1,139 @@
+"""Sweeps: one comparison per value of a parameter, from a TOML config.
+
+A config names the bundle, the comparison's settings and what to sweep::
+
+    bundle = "runs/demo/bundle"
+    out = "runs/rate-sweep"
+    [bench]                  # any BenchConfig field
+    modes = ["coded", "equal"]
+    duration_s = 20
+    [sweep]
+    param = "rate_qps"       # a BenchConfig field, a slowdown field, or "k"
+    values = [100, 200, 300]
+
+Sweeping ``k`` needs one bundle per k: ``[sweep] bundles = "runs/bundles/k{k}"``,
+trained on the spot (with the ``[train]`` settings) where missing.
+Slowdown fields (``slow_factor``, ``background_procs``, ...) are swept
+through ``slowdown_overrides``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from learncc.bench.run import BenchConfig, run_comparison, summary
+from learncc.errors import ConfigError
+from learncc.serving.slowdown import SlowdownConfig
+
+logger = logging.getLogger(__name__)
+
+BENCH_FIELDS = {f.name for f in dataclasses.fields(BenchConfig)}
+SLOWDOWN_FIELDS = {f.name for f in dataclasses.fields(SlowdownConfig)}
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    """Read and check a sweep config.
+
+    Raises:
+        ConfigError: unreadable TOML, or unknown keys or parameters.
+    """
+    try:
+        config = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"cannot read sweep config {path}: {e}") from None
+    unknown = set(config.get("bench", {})) - BENCH_FIELDS
+    if unknown:
+        raise ConfigError(f"unknown [bench] keys {sorted(unknown)}; known: {sorted(BENCH_FIELDS)}")
+    sweep = config.get("sweep")
+    if not isinstance(sweep, dict) or "param" not in sweep or not sweep.get("values"):
+        raise ConfigError(f"{path} needs a [sweep] table with 'param' and non-empty 'values'")
+    param = sweep["param"]
+    if param not in BENCH_FIELDS | SLOWDOWN_FIELDS | {"k"}:
+        raise ConfigError(f"cannot sweep {param!r}: not a bench or slowdown setting, nor 'k'")
+    if param == "k" and "bundles" not in sweep:
+        raise ConfigError("sweeping k needs [sweep] bundles = 'path/with/{k}'")
+    if param != "k" and "bundle" not in config:
+        raise ConfigError(f"{path} needs a top-level 'bundle' path")
+    return config
+
+
+def _bench_for(config: dict[str, Any], param: str, value: Any) -> BenchConfig:
+    settings = dict(config.get("bench", {}))
+    if "modes" in settings:
+        settings["modes"] = tuple(settings["modes"])
+    if param in BENCH_FIELDS:
+        settings[param] = value
+    elif param in SLOWDOWN_FIELDS:
+        settings["slowdown_overrides"] = {**settings.get("slowdown_overrides", {}), param: value}
+    return BenchConfig(**settings)
+
+
+def _bundle_for(config: dict[str, Any], k: int, base: Path, progress: bool) -> Path:
+    path = base / config["sweep"]["bundles"].format(k=k)
+    if (path / "manifest.json").exists():
+        return path
+    from learncc.codes import CodeConfig
+    from learncc.data import load_dataset
+    from learncc.training import TrainConfig
+    from learncc.training.pipeline import train_bundle
+
+    train = config.get("train", {})
+    logger.info("training the k=%d bundle for the sweep into %s", k, path)
+    train_bundle(
+        load_dataset(train.get("dataset", "mnist5k")),
+        CodeConfig(k=k, r=1, encoder=train.get("encoder", "concat")),
+        base_cfg=TrainConfig(epochs=int(train.get("epochs", 30))),
+        parity_cfg=TrainConfig(epochs=int(train.get("parity_epochs", 40))),
+        out=path, progress=progress,
+    )  # fmt: skip
+    return path
+
+
+def run_sweep(config: dict[str, Any], *, base: Path = Path("."), progress: bool = True
+              ) -> dict[str, Any]:  # fmt: skip
+    """Run every value of the sweep; return ``{"param", "rows"}`` with one
+    row ``{"value", "latency_ms": {mode: {...}}}`` per value."""
+    param = config["sweep"]["param"]
+    rows = []
+    for value in config["sweep"]["values"]:
+        logger.info("sweep %s = %s", param, value)
+        if param == "k":
+            bundle = _bundle_for(config, int(value), base, progress)
+        else:
+            bundle = base / config["bundle"]
+        results = run_comparison(bundle, _bench_for(config, param, value), progress=progress)
+        rows.append({"value": value, "latency_ms": summary(results)})
+    return {"param": param, "rows": rows, "bench": config.get("bench", {})}
+
+
+def plot_sweep(result: dict[str, Any], path: Path, title: str = "") -> Path:
+    """p50, p99 and p99.9 against the swept value, one line per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = [row["value"] for row in result["rows"]]
+    modes = list(result["rows"][0]["latency_ms"]) if result["rows"] else []
+    numeric = all(isinstance(v, (int, float)) for v in values)
+    xs = values if numeric else list(range(len(values)))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, key, name in zip(axes, ("p50", "p99", "p999"), ("p50", "p99", "p99.9"), strict=True):
+        for mode in modes:
+            ax.plot(xs, [row["latency_ms"][mode][key] for row in result["rows"]], "o-", label=mode)
+        ax.set(xlabel=result["param"], ylabel=f"{name} latency (ms)", title=name)
+        if not numeric:
+            ax.set_xticks(xs, [str(v) for v in values])
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

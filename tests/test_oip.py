@@ -1,0 +1,375 @@
+"""The Open Inference Protocol v2 routes: exact answers over a fake backend,
+the binary tensor extension, the real ``tritonclient.http`` client, and
+fuzzing (hypothesis, and schemathesis against /openapi.json)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fakes import FakeBackend
+from learncc.serving import Frontend
+from learncc.serving.http import HttpServer, make_app
+from learncc.serving.http.app import SERVICE
+
+W = np.eye(4, dtype=np.float32)[:3]  # F(x) = x[:3]
+NAME = "digits"
+INFER = f"/v2/models/{NAME}/infer"
+TOKEN = "tok-123"
+
+
+def frontend_of(**kw: Any) -> Frontend:
+    backend = kw.pop("backend", None) or FakeBackend(W, data_instances=2)
+    return Frontend(backend, input_shape=(1, 2, 2), query_timeout_s=0.5, **kw)
+
+
+@contextlib.asynccontextmanager
+async def serving(frontend: Frontend, **options: Any) -> AsyncIterator[TestClient]:
+    options = {"model_name": NAME, "output_shape": (3,), "max_body_bytes": 4096, **options}
+    await frontend.start()
+    try:
+        async with TestClient(TestServer(make_app(frontend, **options))) as c:
+            yield c
+    finally:
+        await frontend.close()
+    assert frontend.statistics().pending == 0
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[TestClient]:
+    async with serving(frontend_of()) as c:
+        yield c
+
+
+def tensor(x: np.ndarray, datatype: str = "FP32", **extra: Any) -> dict[str, Any]:
+    return {"name": "input", "shape": list(x.shape), "datatype": datatype,
+            "data": x.ravel().tolist(), **extra}  # fmt: skip
+
+
+def binary_body(doc: dict[str, Any], *raw: bytes) -> tuple[bytes, dict[str, str]]:
+    header = orjson.dumps(doc)
+    return header + b"".join(raw), {"Inference-Header-Content-Length": str(len(header))}
+
+
+X = np.arange(8, dtype=np.float32).reshape(2, 1, 2, 2)  # a batch of two
+
+
+async def test_health_and_metadata(client: TestClient) -> None:
+    assert await (await client.get("/v2/health/live")).json() == {"live": True}
+    assert await (await client.get("/v2/health/ready")).json() == {"ready": True}
+    assert (await client.get(f"/v2/models/{NAME}/ready")).status == 200
+    assert (await client.get(f"/v2/models/{NAME}/versions/1/ready")).status == 200
+    server = await (await client.get("/v2")).json()
+    assert server["name"] == "learncc" and "binary_tensor_data" in server["extensions"]
+    meta = await (await client.get(f"/v2/models/{NAME}")).json()
+    assert meta == {
+        "name": NAME, "versions": ["1"], "platform": "learncc",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 2, 2]}],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, 3]},
+                    {"name": "reconstructed", "datatype": "BOOL", "shape": [-1]},
+                    {"name": "default", "datatype": "BOOL", "shape": [-1]}],
+    }  # fmt: skip
+
+
+async def test_json_infer_answers_each_batch_item(client: TestClient) -> None:
+    resp = await client.post(INFER, json={"id": "q1", "inputs": [tensor(X)]})
+    assert resp.status == 200
+    assert await resp.json() == {
+        "model_name": NAME, "model_version": "1", "id": "q1",
+        "parameters": {"reconstructed_count": 0, "default_count": 0},
+        "outputs": [
+            {"name": "output", "datatype": "FP32", "shape": [2, 3], "data": [0, 1, 2, 4, 5, 6]},
+            {"name": "reconstructed", "datatype": "BOOL", "shape": [2], "data": [False, False]},
+            {"name": "default", "datatype": "BOOL", "shape": [2], "data": [False, False]},
+        ],
+    }  # fmt: skip
+    assert client.app[SERVICE].frontend.statistics().accepted == 2
+
+
+async def test_nested_json_data_and_integer_datatypes_are_accepted(client: TestClient) -> None:
+    for datatype, data in (("INT64", X.astype(np.int64)), ("FP64", X.astype(np.float64)),
+                           ("UINT8", X.astype(np.uint8)), ("FP16", X.astype(np.float16))):  # fmt: skip
+        doc = {"inputs": [{**tensor(data, datatype), "data": data.tolist()}],
+               "outputs": [{"name": "output"}]}  # fmt: skip
+        out = (await (await client.post(INFER, json=doc)).json())["outputs"]
+        assert out == [{"name": "output", "datatype": "FP32", "shape": [2, 3],
+                        "data": [0, 1, 2, 4, 5, 6]}], datatype  # fmt: skip
+
+
+async def test_binary_inputs_and_outputs(client: TestClient) -> None:
+    doc = {
+        "inputs": [{"name": "input", "shape": [2, 1, 2, 2], "datatype": "FP64",
+                    "parameters": {"binary_data_size": X.size * 8}}],
+        "outputs": [{"name": "output", "parameters": {"binary_data": True}},
+                    {"name": "reconstructed"}],
+    }  # fmt: skip
+    body, headers = binary_body(doc, X.astype("<f8").tobytes())
+    resp = await client.post(INFER, data=body, headers=headers)
+    assert resp.status == 200
+    raw = await resp.read()
+    n = int(resp.headers["Inference-Header-Content-Length"])
+    header = orjson.loads(raw[:n])
+    assert header["outputs"][0] == {"name": "output", "datatype": "FP32", "shape": [2, 3],
+                                    "parameters": {"binary_data_size": 24}}  # fmt: skip
+    assert header["outputs"][1]["data"] == [False, False]
+    np.testing.assert_array_equal(
+        np.frombuffer(raw[n:], "<f4").reshape(2, 3), [[0, 1, 2], [4, 5, 6]]
+    )
+
+
+async def test_binary_data_output_makes_every_output_binary(client: TestClient) -> None:
+    doc = {"inputs": [tensor(X)], "parameters": {"binary_data_output": True}}
+    raw = await (await client.post(INFER, json=doc)).read()
+    header_len = len(orjson.dumps(orjson.loads(raw[: raw.index(b"}]}") + 3])))
+    header = orjson.loads(raw[:header_len])
+    sizes = [o["parameters"]["binary_data_size"] for o in header["outputs"]]
+    assert sizes == [24, 2, 2] and len(raw) == header_len + 28
+
+
+@pytest.mark.parametrize(
+    ("doc", "headers", "status", "match"),
+    [
+        ({"inputs": [tensor(X)]}, {}, 404, "unknown model 'nope'; this server serves 'digits'"),
+        ({"inputs": []}, {}, 400, "exactly one input, 'input'; got 0"),
+        ({"inputs": [tensor(X), tensor(X)]}, {}, 400, "exactly one input"),
+        ({"inputs": [{**tensor(X), "name": "x"}]}, {}, 400, "unknown input 'x'"),
+        ({"inputs": [tensor(X, "BYTES")]}, {}, 400, "datatype 'BYTES' is not accepted"),
+        ({"inputs": [tensor(X, "BOOL")]}, {}, 400, "datatype 'BOOL' is not accepted"),
+        ({"inputs": [{**tensor(X), "shape": [2, 4]}]}, {}, 400,
+         r"shape \[2, 4\] does not match the model's \[batch, \*\[1, 2, 2\]\]"),
+        ({"inputs": [{**tensor(X), "shape": [0, 1, 2, 2]}]}, {}, 400, "batch dimension"),
+        ({"inputs": [{**tensor(X), "shape": [3, 1, 2, 2]}]}, {}, 400,
+         "holds 8 elements but shape"),
+        ({"inputs": [{**tensor(X), "data": [1.5] * 8}]} | {}, {}, 200, ""),
+        ({"inputs": [tensor(X.astype(np.int64) + 2**24 + 1, "INT64")]}, {}, 400,
+         "beyond \\+-2\\*\\*24"),
+        ({"inputs": [{**tensor(X, "INT32"), "data": [0.5] * 8}]}, {}, 400,
+         "datatype INT32 must hold integers only"),
+        ({"inputs": [{**tensor(X), "data": ["a"] * 8}]}, {}, 400, "must hold numbers only"),
+        ({"inputs": [{**tensor(X, "FP64"), "data": [1e300] * 8}]}, {}, 400,
+         "beyond float32's range"),
+        ({"inputs": [tensor(X)], "outputs": [{"name": "logits"}]}, {}, 400,
+         "unknown output 'logits'"),
+        ({"inputs": [tensor(X)], "outputs": [{"name": "output",
+          "parameters": {"class_count": 3}}]}, {}, 400, "classification extension"),
+        ({"inputs": [tensor(X)], "parameters": {"timeout_ms": 0}}, {}, 400,
+         "timeout_ms must be a finite number > 0"),
+        ({"inputs": [tensor(X)], "parameters": {"timeout": True}}, {}, 400,
+         r"timeout \(microseconds\) must be a number > 0"),
+        ({"inputs": [tensor(X)]}, {"Content-Type": "text/plain"}, 415, "application/json"),
+        ({"inputs": [tensor(X)]}, {"Inference-Header-Content-Length": "999"}, 400,
+         "Inference-Header-Content-Length must be an integer in 1.."),
+    ],
+)  # fmt: skip
+async def test_bad_requests_get_the_protocol_error_form(
+    client: TestClient, doc: dict[str, Any], headers: dict[str, str], status: int, match: str
+) -> None:
+    path = INFER.replace(NAME, "nope") if status == 404 else INFER
+    resp = await client.post(path, data=orjson.dumps(doc), headers=headers)
+    assert resp.status == status
+    if status != 200:
+        body = await resp.json()
+        assert list(body) == ["error"]
+        assert __import__("re").search(match, body["error"]), body["error"]
+    assert (await client.post(INFER, json={"inputs": [tensor(X)]})).status == 200
+
+
+async def test_binary_sizes_must_add_up(client: TestClient) -> None:
+    doc = {"inputs": [{"name": "input", "shape": [2, 1, 2, 2], "datatype": "FP32",
+                       "parameters": {"binary_data_size": 32}}]}  # fmt: skip
+    for raw, match in ((X.tobytes()[:16], "binary_data_size 32 must be an integer in 0..16"),
+                       (X.tobytes() + b"xx", "holds 34 binary bytes after the JSON header "
+                                             "but the inputs declare 32")):  # fmt: skip
+        body, headers = binary_body(doc, raw)
+        resp = await client.post(INFER, data=body, headers=headers)
+        assert resp.status == 400 and match in (await resp.json())["error"]
+    nan = np.full_like(X, np.nan)
+    body, headers = binary_body(doc, nan.tobytes())
+    resp = await client.post(INFER, data=body, headers=headers)
+    assert resp.status == 400
+    assert (await resp.json())["error"] == "FP32 input holds NaN or infinity"
+
+
+async def test_unknown_version_and_model_are_404(client: TestClient) -> None:
+    resp = await client.get(f"/v2/models/{NAME}/versions/2")
+    assert resp.status == 404 and "the only one is '1'" in (await resp.json())["error"]
+    resp = await client.get("/v2/models/other/ready")
+    assert resp.status == 404
+
+
+async def test_timeout_parameters_set_the_deadline() -> None:
+    never = FakeBackend(W, data_instances=2, delay_s=lambda role, i, tag: None)
+    default = np.array([1.0, 2.0, 3.0], np.float32)
+    async with serving(frontend_of(backend=never, default_output=default)) as client:
+        for parameters in ({"timeout_ms": 20}, {"timeout": 20_000}):
+            doc = {"inputs": [tensor(X[:1])], "parameters": parameters}
+            out = (await (await client.post(INFER, json=doc)).json())["outputs"]
+            assert out[0]["data"] == [1, 2, 3] and out[2]["data"] == [True], parameters
+        stats = client.app[SERVICE].frontend.statistics()
+        assert stats.defaulted == 2 and stats.timed_out == 0
+
+
+# -- the real tritonclient, against a server in a thread ------------------------------
+
+
+@contextlib.contextmanager
+def server_in_thread(**options: Any) -> Iterator[str]:
+    """An HttpServer on its own event loop in a daemon thread; yields its URL."""
+    started = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def main() -> None:
+        server = HttpServer(frontend_of(), port=0, model_name=NAME, output_shape=(3,),
+                            **options)  # fmt: skip
+        await server.start()
+        box.update(url=server.url, loop=asyncio.get_running_loop(), stop=asyncio.Event())
+        started.set()
+        await box["stop"].wait()
+        await server.shutdown()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    assert started.wait(10), "the server did not start"
+    try:
+        yield box["url"]
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def server_url() -> Iterator[str]:
+    with server_in_thread(token=TOKEN) as url:
+        yield url
+
+
+def test_tritonclient_works_unchanged(server_url: str) -> None:
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    def auth() -> dict[str, str]:
+        # a fresh dict each call: tritonclient writes its own headers into it
+        return {"Authorization": f"Bearer {TOKEN}"}
+
+    client = httpclient.InferenceServerClient(server_url.removeprefix("http://"))
+    try:
+        assert client.is_server_live()  # no token needed
+        assert client.is_server_ready(headers=auth())
+        assert client.is_model_ready(NAME, headers=auth())
+        assert not client.is_model_ready("other", headers=auth())
+        meta = client.get_model_metadata(NAME, headers=auth())
+        assert meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 1, 2, 2]}]
+
+        for binary in (True, False):
+            inp = httpclient.InferInput("input", list(X.shape), "FP32")
+            inp.set_data_from_numpy(X, binary_data=binary)
+            outputs = [httpclient.InferRequestedOutput("output", binary_data=binary),
+                       httpclient.InferRequestedOutput("reconstructed", binary_data=binary)]  # fmt: skip
+            result = client.infer(NAME, [inp], outputs=outputs, headers=auth(),
+                                  request_id="r7")  # fmt: skip
+            np.testing.assert_array_equal(result.as_numpy("output"), [[0, 1, 2], [4, 5, 6]])
+            np.testing.assert_array_equal(result.as_numpy("reconstructed"), [False, False])
+            assert result.get_response()["id"] == "r7"
+
+        # no outputs named: tritonclient asks for all of them in binary
+        inp = httpclient.InferInput("input", [1, 1, 2, 2], "INT32")
+        inp.set_data_from_numpy(X[:1].astype(np.int32))
+        result = client.infer(NAME, [inp], headers=auth(), timeout=2_000_000)
+        np.testing.assert_array_equal(result.as_numpy("output"), [[0, 1, 2]])
+        np.testing.assert_array_equal(result.as_numpy("default"), [False])
+
+        with pytest.raises(InferenceServerException, match="unknown model 'other'"):
+            client.infer("other", [inp], headers=auth())
+        with pytest.raises(InferenceServerException, match="missing bearer token"):
+            client.infer(NAME, [inp])
+    finally:
+        client.close()
+
+
+# -- fuzzing -------------------------------------------------------------------------------
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner,
+                                                                 max_size=3),
+    max_leaves=12,
+)  # fmt: skip
+INPUT_SPEC = st.fixed_dictionaries(
+    {"name": st.sampled_from(["input", "x"]),
+     "shape": st.lists(st.integers(-1, 3), max_size=5),
+     "datatype": st.sampled_from(["FP32", "FP64", "INT8", "UINT64", "BOOL", "BYTES", "x"])},
+    optional={"data": st.lists(st.floats() | st.integers(-(2**70), 2**70), max_size=10),
+              "parameters": st.fixed_dictionaries(
+                  {}, optional={"binary_data_size": st.integers(-2, 40) | JSON})},
+)  # fmt: skip
+REQUEST = st.fixed_dictionaries(
+    {"inputs": st.lists(INPUT_SPEC, max_size=2) | JSON},
+    optional={"outputs": JSON, "parameters": st.dictionaries(
+        st.sampled_from(["timeout_ms", "timeout", "binary_data_output"]), JSON), "id": JSON},
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@given(
+    doc=REQUEST | JSON,
+    tail=st.binary(max_size=40),
+    header_length=st.none() | st.integers(-5, 300).map(str) | st.just("x"),
+)
+async def test_fuzzed_infer_requests_get_2xx_or_4xx_json(
+    client: TestClient, doc: Any, tail: bytes, header_length: str | None
+) -> None:
+    headers = {} if header_length is None else {"Inference-Header-Content-Length": header_length}
+    body = json.dumps(doc).encode() + tail
+    resp = await client.post(INFER, data=body, headers=headers)
+    assert resp.status in (200, 400, 413, 504)
+    if resp.status != 200:
+        assert resp.content_type == "application/json"
+        assert "error" in await resp.json()
+    assert (await client.post(INFER, json={"inputs": [tensor(X)]})).status == 200
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_server_error_or_schema_violation() -> None:
+    import schemathesis
+    from schemathesis.checks import not_a_server_error
+    from schemathesis.specs.openapi.checks import (
+        content_type_conformance,
+        response_schema_conformance,
+        status_code_conformance,
+    )
+
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance,
+              response_schema_conformance]  # fmt: skip
+    with server_in_thread() as url:
+        import requests
+
+        document = requests.get(f"{url}/openapi.json", timeout=5).json()
+        schema = schemathesis.openapi.from_dict(document)
+
+        from schemathesis import GenerationMode
+
+        seen: set[tuple[str, int]] = set()
+
+        @settings(max_examples=60, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        @given(case=schema.as_strategy() | schema.as_strategy(GenerationMode.NEGATIVE))
+        def run(case: Any) -> None:
+            response = case.call_and_validate(base_url=url, checks=checks, timeout=5)
+            seen.add((case.operation.path, response.status_code))
+
+        run()
+    # the fuzzer reached the model and was also refused for bad input
+    assert {(f"/v2/models/{{name}}/infer", 400), ("/infer", 400)} <= seen, seen
