@@ -35,7 +35,8 @@ def test_round_trip_gives_identical_outputs(digits_bundle: Path, tmp_path: Path)
 
 def test_bundle_holds_no_pickle(digits_bundle: Path) -> None:
     names = sorted(p.name for p in digits_bundle.iterdir())
-    assert names == ["base.safetensors", "code.safetensors", "manifest.json", "parity.safetensors"]
+    assert names == ["backup.safetensors", "base.safetensors", "code.safetensors",
+                     "manifest.json", "parity.safetensors"]  # fmt: skip
     for path in digits_bundle.iterdir():
         assert b"\x80\x04" not in path.read_bytes()[:2]  # no pickle protocol header
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -98,6 +99,7 @@ class PatternDecoder(Decoder):
     def __init__(self, *, k: int, r: int) -> None:
         super().__init__(k=k, r=r)
         self._cache: dict[tuple[bool, ...], Tensor] = {}
+        self._typed: dict[tuple[Any, ...], tuple[Tensor, Tensor]] = {}
 
     def decode_matrix(self, pattern: tuple[bool, ...]) -> Tensor:
         raise NotImplementedError
@@ -130,21 +132,38 @@ class PatternDecoder(Decoder):
         self, data_out: Tensor, parity_out: Tensor, available: Tensor
     ) -> Tensor:
         batch, k = data_out.shape[0], self.k
-        mask = availability(available, batch, k + self.r).to(data_out.device)
         both = torch.cat([data_out, parity_out], dim=1)  # (B, k + r, *out)
+        if not isinstance(available, Tensor) or available.dim() == 1:
+            # serving's path, one pattern for the batch: read only available
+            # slots, so NaN placeholders never meet a zero weight (0 * NaN);
+            # identity rows pass available data through bit-exactly
+            pattern = tuple(bool(a) for a in available)
+            kept, m = self._kept_matrix(pattern, both.dtype, both.device)
+            return torch.einsum("ij,bj...->bi...", m, both.index_select(1, kept))
+        mask = availability(available, batch, k + self.r).to(data_out.device)
         present = mask.reshape(*mask.shape, *([1] * (both.dim() - 2)))
-        # where, not multiplication: 0 * NaN placeholder would still be NaN
         both = torch.where(present, both, torch.zeros_like(both))
-        if mask.dim() == 1 or bool((mask == mask[:1]).all()):
-            m = self.matrix(tuple(bool(a) for a in mask[0].tolist()))
-            rebuilt = torch.einsum("ij,bj...->bi...", m.to(both), both)
-        else:
-            patterns, inverse = torch.unique(mask, dim=0, return_inverse=True)
-            mats = torch.stack(
-                [self.matrix(tuple(bool(a) for a in p.tolist())) for p in patterns]
-            ).to(both)  # (U, k, k + r)
-            rebuilt = torch.einsum("bij,bj...->bi...", mats[inverse], both)
+        patterns, inverse = torch.unique(mask, dim=0, return_inverse=True)
+        mats = torch.stack(
+            [self.matrix(tuple(bool(a) for a in p.tolist())) for p in patterns]
+        ).to(both)  # (U, k, k + r)
+        rebuilt = torch.einsum("bij,bj...->bi...", mats[inverse], both)
         return torch.where(present[:, :k], data_out, rebuilt)  # (B, k, *out)
+
+    def _kept_matrix(
+        self, pattern: tuple[bool, ...], dtype: torch.dtype, device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        key = (pattern, dtype, device)
+        if key not in self._typed:
+            if len(pattern) != self.k + self.r:
+                raise ConfigError(
+                    f"availability needs {self.k + self.r} flags (k + r), "
+                    f"got {len(pattern)}"
+                )
+            kept = torch.tensor([i for i, a in enumerate(pattern) if a], device=device)
+            m = self.matrix(pattern)[:, kept.cpu()].to(dtype=dtype, device=device)
+            self._typed[key] = (kept, m)
+        return self._typed[key]
 
 
 class LinearDecoder(PatternDecoder):

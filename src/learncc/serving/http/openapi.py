@@ -156,7 +156,8 @@ def document(settings: HttpSettings, input_shape: tuple[int, ...]) -> dict[str, 
         "name": "name",
         "in": "path",
         "required": True,
-        "schema": {"type": "string"},
+        # the one name served: positive cases reach the model, negative ones get 404
+        "schema": {"type": "string", "enum": [settings.model_name]},
         "description": f"the model's name; this server serves {settings.model_name!r}",
     }
     auth = (401,) if settings.token is not None else ()
