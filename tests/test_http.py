@@ -69,8 +69,11 @@ async def test_infer_returns_the_output_and_top1(client: TestClient) -> None:
     resp = await client.post("/infer", json={"input": [[[0.0, 5.0], [1.0, 2.0]]]})
     assert resp.status == 200
     assert await resp.json() == {
-        "output": [0.0, 5.0, 1.0], "top1": 1, "reconstructed": False, "default": False,
-    }  # fmt: skip
+        "output": [0.0, 5.0, 1.0],
+        "top1": 1,
+        "reconstructed": False,
+        "default": False,
+    }
     resp = await client.post("/infer", json={"inputs": [[1, 0, 0, 0], [0, 0, 3, 0]]})
     assert [a["top1"] for a in (await resp.json())["answers"]] == [0, 2]
 
@@ -90,22 +93,31 @@ async def test_model_and_health_describe_the_server(client: TestClient) -> None:
         (b"{oops", 400, "malformed JSON"),
         (b"", 400, "empty body"),
         (b"[1, 2]", 400, "exactly one of 'input' or 'inputs'"),
-        (b'{"input": [1, 2, 3]}', 400, r"shape \(3,\) does not match the model's input \(1, 2, 2\)"),
+        (
+            b'{"input": [1, 2, 3]}',
+            400,
+            r"shape \(3,\) does not match the model's input \(1, 2, 2\)",
+        ),
         (b'{"input": [[1, 2], [3]]}', 400, "rectangular nested list"),
         (b'{"input": "abcd"}', 400, "must be a nested list of numbers"),
         (b'{"input": true}', 400, "must be a nested list of numbers"),
         (b'{"input": [1, 2, 3, 1e999]}', 400, "infinity"),
         (b'{"input": [1, 2, 3, NaN]}', 400, "malformed JSON"),
         (b'{"inputs": []}', 400, "non-empty list"),
-        (b'{"inputs": [' + b"[0,0,0,0]," * 400 + b"[0,0,0,0]]}", 400, "at most 8 inputs"),
+        (
+            b'{"inputs": [' + b"[0,0,0,0]," * 400 + b"[0,0,0,0]]}",
+            400,
+            "at most 8 inputs",
+        ),
         (b'{"input": [' + b"0," * 3000 + b"0]}", 413, "exceeds the 4096-byte limit"),
     ],
-)  # fmt: skip
+)
 async def test_bad_requests_get_4xx_naming_the_problem(
     body: bytes, status: int, match: str
 ) -> None:
-    async with serving(frontend_of(), max_body_bytes=8192 if status == 400 else 4096,
-                       max_batch=8) as client:  # fmt: skip
+    async with serving(
+        frontend_of(), max_body_bytes=8192 if status == 400 else 4096, max_batch=8
+    ) as client:
         resp = await client.post(
             "/infer", data=body, headers={"Content-Type": "application/json"}
         )
@@ -159,11 +171,17 @@ async def test_timeout_ms_is_the_deadline_and_gives_the_default_answer() -> None
         resp = await client.post("/infer?timeout_ms=50", json={"input": [1, 2, 3, 4]})
         assert time.perf_counter() - start < 0.4  # the deadline, not query_timeout_s
         assert await resp.json() == {
-            "output": [9.0, 8.0, 7.0], "top1": 0, "reconstructed": False, "default": True,
-        }  # fmt: skip
+            "output": [9.0, 8.0, 7.0],
+            "top1": 0,
+            "reconstructed": False,
+            "default": True,
+        }
         resp = await client.post("/infer?timeout_ms=-3", json={"input": [1, 2, 3, 4]})
         assert resp.status == 400
-        assert "timeout_ms must be a finite number > 0, got -3.0" in (await resp.json())["error"]
+        assert (
+            "timeout_ms must be a finite number > 0, got -3.0"
+            in (await resp.json())["error"]
+        )
         resp = await client.post("/infer?timeout_ms=soon", json={"input": [1, 2, 3, 4]})
         assert resp.status == 400
 
@@ -179,7 +197,9 @@ async def test_default_deadline_applies_when_the_request_names_none() -> None:
 async def test_overload_is_503_with_retry_after() -> None:
     never = FakeBackend(W, data_instances=2, delay_s=lambda role, i, tag: None)
     async with serving(frontend_of(never, max_pending=1), retry_after_s=2) as client:
-        first = asyncio.ensure_future(client.post("/infer", json={"input": [1, 2, 3, 4]}))
+        first = asyncio.ensure_future(
+            client.post("/infer", json={"input": [1, 2, 3, 4]})
+        )
         while client.app[SERVICE].frontend.statistics().pending == 0:
             await asyncio.sleep(0.005)
         resp = await client.post("/infer", json={"input": [1, 2, 3, 4]})
@@ -196,7 +216,9 @@ async def test_no_live_instance_is_503(client: TestClient) -> None:
     backend = client.app[SERVICE].frontend.backend
     backend.dead |= {("data", 0), ("data", 1)}
     resp = await client.post("/infer", json={"input": [1, 2, 3, 4]})
-    assert resp.status == 503 and "no live data instance" in (await resp.json())["error"]
+    assert (
+        resp.status == 503 and "no live data instance" in (await resp.json())["error"]
+    )
 
 
 async def test_bearer_token_guards_all_but_liveness() -> None:
@@ -233,13 +255,21 @@ async def test_metrics_count_outcomes_and_latency() -> None:
     enc, dec = make_code(CodeConfig(k=2, r=1, encoder="addition"), (4,))
     fill = np.full(4, 0.5, np.float32)
     backend = FakeBackend(
-        W, data_instances=2, parity_instances=1,
+        W,
+        data_instances=2,
+        parity_instances=1,
         delay_s=lambda role, i, tag: None if (role, i) == ("data", 1) else 0.001,
-    )  # fmt: skip
-    frontend = Frontend(backend, input_shape=(4,), coding=Coding(enc, dec, fill, W @ fill),
-                        query_timeout_s=0.5)  # fmt: skip
+    )
+    frontend = Frontend(
+        backend,
+        input_shape=(4,),
+        coding=Coding(enc, dec, fill, W @ fill),
+        query_timeout_s=0.5,
+    )
     async with serving(frontend) as client:
-        resp = await client.post("/infer", json={"inputs": [[1, 2, 3, 4], [5, 6, 7, 8]]})
+        resp = await client.post(
+            "/infer", json={"inputs": [[1, 2, 3, 4], [5, 6, 7, 8]]}
+        )
         answers = (await resp.json())["answers"]
         assert [a["reconstructed"] for a in answers] == [False, True]
         np.testing.assert_allclose(answers[1]["output"], [5, 6, 7], rtol=1e-6)
@@ -254,7 +284,9 @@ async def test_metrics_count_outcomes_and_latency() -> None:
     for outcome in ("original", "reconstructed"):
         key = ("learncc_query_latency_seconds_count", (("outcome", outcome),))
         assert samples[key] == 1
-    assert samples[("learncc_query_latency_seconds_count", (("outcome", "default"),))] == 0
+    assert (
+        samples[("learncc_query_latency_seconds_count", (("outcome", "default"),))] == 0
+    )
     for role, index in (("data", "0"), ("data", "1"), ("parity", "0")):
         labels = (("index", index), ("role", role))
         assert samples[("learncc_instance_queue_depth", labels)] == 0
@@ -263,7 +295,9 @@ async def test_metrics_count_outcomes_and_latency() -> None:
     assert samples[("learncc_http_requests_total", route)] == 1
 
 
-async def test_draining_refuses_new_queries_and_reports_not_ready(client: TestClient) -> None:
+async def test_draining_refuses_new_queries_and_reports_not_ready(
+    client: TestClient,
+) -> None:
     client.app[SERVICE].draining = True
     resp = await client.post("/infer", json={"input": [1, 2, 3, 4]})
     assert resp.status == 503 and resp.headers["Retry-After"] == "1"
@@ -324,17 +358,26 @@ async def test_serve_http_stops_on_sigterm() -> None:
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=5)
-    | st.dictionaries(st.sampled_from(["input", "inputs", "x"]), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.dictionaries(st.sampled_from(["input", "inputs", "x"]), inner, max_size=3)
+    ),
     max_leaves=20,
 )
 
 
-@settings(max_examples=80, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+@settings(
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(
-    body=st.one_of(st.binary(max_size=200), JSON_VALUES.map(lambda v: json.dumps(v).encode())),
-    query=st.dictionaries(st.sampled_from(["timeout_ms", "x"]), st.text(max_size=6), max_size=2),
+    body=st.one_of(
+        st.binary(max_size=200), JSON_VALUES.map(lambda v: json.dumps(v).encode())
+    ),
+    query=st.dictionaries(
+        st.sampled_from(["timeout_ms", "x"]), st.text(max_size=6), max_size=2
+    ),
     content_type=st.sampled_from(["application/json", "text/plain", ""]),
 )
 async def test_fuzzed_requests_never_crash_the_server(

@@ -155,10 +155,10 @@ async def test_killed_actor_under_load_every_query_answered_once(
             first_instance.setdefault(tag, i)
     rebuilt = [a.query_id for a in answers if a.reconstructed]
     assert len(rebuilt) == stats.reconstructed > 0
-    assert all(first_instance[q] == 0 for q in rebuilt)  # only the slow one's queries
-    assert stats.redispatched > 0 or stats.reconstructed >= sum(
-        1 for q, i in first_instance.items() if i == 0 and q < 150
-    )
+    # before the kill only the slow instance's queries were rebuilt; after it,
+    # data/1 alone holds both members of a group and may lose to the parity
+    assert all(first_instance[q] == 0 for q in rebuilt if q <= 150)
+    assert any(q <= 150 for q in rebuilt)
     assert [a.query_id for a in answers] == list(range(300))
     assert after.output.shape == (10,)
 

@@ -315,21 +315,55 @@ def serve(
     quiet: Quiet = False,
     backend: Annotated[str, typer.Option(help="local (processes here) or ray (Ray actors).")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster to join; default: start a local one.")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name in /v2/models/{name}; default: the bundle directory's name.")] = None,
+    token: Annotated[str | None, typer.Option(envvar="LEARNCC_TOKEN", show_default=False,
+                                              help="Bearer token required on every route but /v2/health/live.")] = None,
+    max_pending: Annotated[int, typer.Option(help="Most unanswered queries; beyond it requests get 503 + Retry-After.")] = 10_000,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body; larger ones get 413.")] = 8 << 20,
+    deadline_ms: Annotated[float | None, typer.Option(help="Deadline of queries whose request names none (timeout_ms).")] = None,
+    default_answer: Annotated[str, typer.Option(help="At a deadline: none (504), zeros, or fill (F of the bundle's fill query).")] = "none",
+    drain_timeout: Annotated[float, typer.Option(help="Seconds SIGINT/SIGTERM waits for requests in flight.")] = 10.0,
 ) -> None:
-    """Serve a bundle over HTTP (POST /infer) with local instance processes or Ray actors."""
+    """Serve a bundle over HTTP: the Open Inference Protocol v2 (/v2/...), plain
+    JSON (POST /infer) and Prometheus metrics (/metrics)."""
+    import numpy as np
+
+    from learncc.bundle import load_bundle
     from learncc.serving.deploy import deployment
     from learncc.serving.http import serve_http
 
     _setup_logging(quiet)
-    frontend, shape = deployment(bundle, mode, m=m, service_ms=service_ms,
-                                 query_timeout_s=query_timeout, backend=backend,
-                                 ray_address=address)  # fmt: skip
+    defaults = ("none", "zeros", "fill")
+    if default_answer not in defaults:
+        raise ConfigError(f"--default-answer must be one of {', '.join(defaults)}, "
+                          f"got {default_answer!r}")  # fmt: skip
+    if deadline_ms is not None and not deadline_ms > 0:
+        raise ConfigError(f"--deadline-ms must be > 0, got {deadline_ms}")
+    loaded = load_bundle(bundle)
+    frontend, shape = deployment(loaded, mode, m=m, service_ms=service_ms,
+                                 query_timeout_s=query_timeout, max_pending=max_pending,
+                                 backend=backend, ray_address=address)  # fmt: skip
+    fill = loaded.fill_output.numpy().astype(np.float32)
+    # deployment() takes no default answer; the frontend reads this attribute
+    answers = {"none": None, "zeros": np.zeros_like(fill), "fill": fill}
+    frontend.default_output = answers[default_answer]
     info = {"mode": mode, "data_instances": shape.data_instances,
             "parity_instances": shape.parity_instances, "bundle": str(bundle)}  # fmt: skip
-    console.print(f"serving {bundle} ({mode}: {shape.data_instances} data + "
-                  f"{shape.parity_instances} parity instances) on http://{host}:{port}")  # fmt: skip
+    if token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning("serving on %s without a token: anyone who can reach it can "
+                       "use it (set --token or LEARNCC_TOKEN)", host)  # fmt: skip
+    model_name = name or bundle.resolve().name
+    console.print(f"serving {bundle} as {model_name!r} ({mode}: {shape.data_instances} "
+                  f"data + {shape.parity_instances} parity instances) "
+                  f"on http://{host}:{port}")  # fmt: skip
     try:
-        asyncio.run(serve_http(frontend, host=host, port=port, info=info))
+        asyncio.run(serve_http(
+            frontend, host=host, port=port, info=info, model_name=model_name,
+            output_shape=loaded.output_shape, token=token,
+            max_body_bytes=max_body_bytes,
+            default_deadline_s=deadline_ms / 1000 if deadline_ms is not None else None,
+            drain_timeout_s=drain_timeout,
+        ))  # fmt: skip
     except KeyboardInterrupt:
         pass
     except OSError as e:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -135,6 +136,7 @@ class ServingMetrics:
         )
         # resolved once: labels() takes a lock and a dict lookup per call
         self._latency = {outcome: latency.labels(outcome) for outcome in OUTCOMES}
+        self._request_counts: dict[tuple[str, int], Any] = {}
         self._requests = Counter(
             "learncc_http_requests",
             "HTTP requests by route template and status code.",
@@ -149,7 +151,12 @@ class ServingMetrics:
     def observe_request(self, route: str, status: int) -> None:
         """Count one HTTP request; ``route`` must be a template, not a raw path,
         so that the label set stays bounded."""
-        self._requests.labels(route, str(status)).inc()
+        child = self._request_counts.get((route, status))
+        if child is None:
+            child = self._request_counts[route, status] = self._requests.labels(
+                route, str(status)
+            )
+        child.inc()
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format 0.0.4 (see ``CONTENT_TYPE``)."""

@@ -149,6 +149,8 @@ class Service:
             for future in futures:
                 future.add_done_callback(_retrieve)
             raise
+        if len(futures) == 1:
+            return [await futures[0]]  # the common case, without gather's bookkeeping
         outcomes = await asyncio.gather(*futures, return_exceptions=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
@@ -315,7 +317,7 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
-# -- the plain JSON API ------------------------------------------------------
+# -- the plain JSON API -------------------------------------------------------
 
 
 def _answer_json(answer: Answer) -> dict[str, Any]:

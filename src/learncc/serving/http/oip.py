@@ -60,7 +60,7 @@ import orjson
 from aiohttp import web
 
 import learncc
-from learncc.errors import BadQueryError
+from learncc.serving.frontend import Answer
 from learncc.serving.http.app import (
     SERVICE,
     HttpError,
@@ -123,7 +123,7 @@ def _model(request: web.Request) -> Service:
     return service
 
 
-# -- health and metadata -------------------------------------------------------
+# -- health and metadata ------------------------------------------------------
 
 
 async def live(_: web.Request) -> web.Response:
@@ -170,7 +170,7 @@ async def model_metadata(request: web.Request) -> web.Response:
     })  # fmt: skip
 
 
-# -- decoding a request ------------------------------------------------------------
+# -- decoding a request -------------------------------------------------------
 
 
 def _split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
@@ -266,6 +266,10 @@ def _from_binary(raw: memoryview, datatype: str, shape: list[int]) -> np.ndarray
 
 def _to_float32(array: np.ndarray, datatype: str) -> np.ndarray:
     """Convert to float32, refusing conversions that would change values."""
+    if array.dtype == np.float32:
+        if not np.isfinite(array).all():
+            raise HttpError(400, f"{datatype} input holds NaN or infinity")
+        return np.ascontiguousarray(array)
     if array.dtype.kind in "iu":
         if array.size and int(np.abs(array, dtype=np.float64).max()) > _EXACT_INT_F32:
             raise HttpError(
@@ -274,11 +278,12 @@ def _to_float32(array: np.ndarray, datatype: str) -> np.ndarray:
                 "hold exactly; send FP32",
             )
         return array.astype(np.float32)
-    if not np.isfinite(array).all():
-        raise HttpError(400, f"{datatype} input holds NaN or infinity")
     with np.errstate(over="ignore"):
         converted = array.astype(np.float32)
     if not np.isfinite(converted).all():
+        # tell the two causes apart only on the error path
+        if not np.isfinite(array).all():
+            raise HttpError(400, f"{datatype} input holds NaN or infinity")
         raise HttpError(
             400, f"{datatype} input holds values beyond float32's range (+-3.4e38)"
         )
@@ -416,7 +421,7 @@ def decode_request(
     )
 
 
-# -- inference -----------------------------------------------------------------------
+# -- inference ----------------------------------------------------------------
 
 
 async def infer(request: web.Request) -> web.Response:
@@ -432,53 +437,58 @@ async def infer(request: web.Request) -> web.Response:
     decoded = decode_request(
         body, request.headers.get("Inference-Header-Content-Length"), service
     )
-    queries = []
-    for i, x in enumerate(decoded.batch):
-        try:
-            queries.append(service.frontend.check_input(x))
-        except BadQueryError as e:
-            raise HttpError(400, f"batch item {i}: {e}") from None
-    answers = await service.run(queries, decoded.deadline_s)
-    tensors = {
-        "output": np.stack([a.output for a in answers]).astype(np.float32, copy=False),
-        "reconstructed": np.array([a.reconstructed for a in answers], dtype=np.bool_),
-        "default": np.array([a.default for a in answers], dtype=np.bool_),
-    }
-    return _encode_response(service, decoded, tensors)
+    # decode_request checked shape, dtype and finiteness of the whole batch, so
+    # submit's own check of each item cannot refuse one half-way through
+    answers = await service.run(list(decoded.batch), decoded.deadline_s)
+    return _encode_response(service, decoded, answers)
+
+
+def _encode_output(
+    name: str, binary: bool, answers: list[Answer]
+) -> tuple[dict, bytes]:
+    """One output's response entry and its raw bytes (empty unless binary)."""
+    if name == "output":
+        # (batch, *out); a single answer needs no copy
+        if len(answers) == 1:
+            tensor = answers[0].output[None]
+        else:
+            tensor = np.stack([a.output for a in answers])
+        tensor = tensor.astype("<f4", copy=False)
+        entry = {"name": name, "datatype": "FP32", "shape": list(tensor.shape)}
+        if not binary:
+            return {**entry, "data": tensor.ravel().tolist()}, b""
+        raw = tensor.tobytes()
+    else:
+        flags = [getattr(a, name) for a in answers]
+        entry = {"name": name, "datatype": "BOOL", "shape": [len(flags)]}
+        if not binary:
+            return {**entry, "data": flags}, b""
+        raw = bytes(flags)  # BOOL is one byte per element
+    return {**entry, "parameters": {"binary_data_size": len(raw)}}, raw
 
 
 def _encode_response(
-    service: Service, decoded: InferRequest, tensors: dict[str, np.ndarray]
+    service: Service, decoded: InferRequest, answers: list[Answer]
 ) -> web.Response:
-    outputs: list[dict[str, Any]] = []
-    chunks: list[bytes] = []
+    outputs, chunks = [], []
     for name, binary in decoded.outputs:
-        tensor = tensors[name]
-        entry: dict[str, Any] = {
-            "name": name,
-            "datatype": "FP32" if tensor.dtype == np.float32 else "BOOL",
-            "shape": list(tensor.shape),
-        }
-        if binary:
-            raw = tensor.astype(tensor.dtype.newbyteorder("<"), copy=False).tobytes()
-            entry["parameters"] = {"binary_data_size": len(raw)}
-            chunks.append(raw)
-        else:
-            entry["data"] = tensor.ravel().tolist()
+        entry, raw = _encode_output(name, binary, answers)
         outputs.append(entry)
+        if raw:
+            chunks.append(raw)
     doc: dict[str, Any] = {
         "model_name": service.settings.model_name,
         "model_version": VERSION,
         "parameters": {
-            "reconstructed_count": int(tensors["reconstructed"].sum()),
-            "default_count": int(tensors["default"].sum()),
+            "reconstructed_count": sum(a.reconstructed for a in answers),
+            "default_count": sum(a.default for a in answers),
         },
         "outputs": outputs,
     }
     if decoded.id is not None:
         doc["id"] = decoded.id
     header = orjson.dumps(doc)
-    if not chunks:
+    if not any(binary for _, binary in decoded.outputs):
         return web.Response(body=header, content_type="application/json")
     return web.Response(
         body=b"".join([header, *chunks]),

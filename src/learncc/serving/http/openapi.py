@@ -83,7 +83,11 @@ def _schemas(settings: HttpSettings, input_shape: list[int]) -> dict[str, Any]:
                 "parameters": {
                     "type": "object",
                     "properties": {
-                        "timeout_ms": {"type": "number", "minimum": 0, "exclusiveMinimum": True},
+                        "timeout_ms": {
+                            "type": "number",
+                            "minimum": 0,
+                            "exclusiveMinimum": True,
+                        },
                         "timeout": {"type": "integer", "minimum": 1},
                         "binary_data_output": {"type": "boolean"},
                     },
@@ -274,7 +278,11 @@ def document(settings: HttpSettings, input_shape: tuple[int, ...]) -> dict[str, 
                         "name": "timeout_ms",
                         "in": "query",
                         "required": False,
-                        "schema": {"type": "number", "minimum": 0, "exclusiveMinimum": True},
+                        "schema": {
+                            "type": "number",
+                            "minimum": 0,
+                            "exclusiveMinimum": True,
+                        },
                     }
                 ],
                 "requestBody": {
