@@ -294,3 +294,39 @@ def test_baselines_are_for_uncoded_serving() -> None:
         make(lambda *a: 0.001, policy="random")
     with pytest.raises(ConfigError, match="cheap needs at least 1 backup instance"):
         uncoded(lambda *a: 0.001, redundancy="cheap")
+
+
+async def test_batches_align_parity_with_query_positions_like_parm() -> None:
+    # B=2, k=2: q0,q1 -> one instance, q2,q3 -> another; groups (q0,q2), (q1,q3);
+    # the first batch's instance never answers, so q0 and q1 are rebuilt
+    first: set[int] = set()
+
+    def delay(role: str, index: int, tag: int) -> float | None:
+        if role == "data" and tag in (0, 1):
+            first.add(index)
+            return None
+        return 0.001
+
+    frontend, backend = make(delay, batch_size=2)
+    async with frontend:
+        xs = queries(4)
+        answers = await asyncio.gather(*(frontend.submit(x) for x in xs))
+    data = [(i, tag) for role, i, tag in backend.sent if role == "data"]
+    assert [t for _, t in data] == [0, 1, 2, 3]
+    assert data[0][0] == data[1][0] != data[2][0] == data[3][0]
+    parity = [(i, tag) for role, i, tag in backend.sent if role == "parity"]
+    assert len(parity) == 2 and parity[0][0] == parity[1][0]  # one parity batch
+    assert [a.reconstructed for a in answers] == [True, True, False, False]
+    for a, x in zip(answers, xs, strict=True):
+        np.testing.assert_allclose(a.output, W @ x, rtol=1e-4, atol=1e-5)
+
+
+async def test_partial_batches_are_sent_at_the_flush_timeout() -> None:
+    frontend, backend = make(lambda role, i, tag: 0.001, coded=False, batch_size=4,
+                             flush_timeout_s=0.02)  # fmt: skip
+    async with frontend:
+        answers = await asyncio.gather(*(frontend.submit(x) for x in queries(6)))
+    data = [i for role, i, tag in backend.sent]
+    assert len(answers) == 6 and len(set(data[:4])) == 1 and len(set(data[4:])) == 1
+    with pytest.raises(ConfigError, match="shared-queue hands out one query at a time"):
+        make(lambda *a: 0.001, batch_size=2, policy="shared-queue")

@@ -248,6 +248,7 @@ def bench(
     service_ms: Annotated[float, typer.Option(help="Least service time of one batch (emulates a larger model).")] = 5.0,
     per_item_ms: Annotated[float, typer.Option(help="Extra service time per query in a batch after the first.")] = 0.0,
     max_batch: Annotated[int, typer.Option(help="Most queued queries an instance serves at once.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Queries the frontend sends to an instance as one batch (parity batches aligned, as in ParM).")] = 1,
     policy: Annotated[str, typer.Option(help="round-robin, shortest-queue or shared-queue.")] = "round-robin",
     noop: Annotated[bool, typer.Option(help="Instances return zeros without running the model.")] = False,
     seed: int = 0,
@@ -268,7 +269,7 @@ def bench(
         raise ConfigError("give a bundle directory, or a sweep with --config FILE")
     cfg = BenchConfig(modes=_csv(modes), rate_qps=rate, duration_s=duration, warmup_s=warmup,
                       slowdown=slowdown, m=m, service_ms=service_ms, per_item_ms=per_item_ms,
-                      max_batch=max_batch, policy=policy, noop=noop, seed=seed,
+                      max_batch=max_batch, batch_size=batch_size, policy=policy, noop=noop, seed=seed,
                       backend=backend, ray_address=address)  # fmt: skip
     _serving_threads()
     results = run_comparison(bundle, cfg, progress=not quiet)

@@ -40,6 +40,7 @@ class BenchConfig:
     service_ms: float = 5.0
     per_item_ms: float = 0.0
     max_batch: int = 1
+    batch_size: int = 1
     policy: str = "round-robin"
     noop: bool = False
     flush_timeout_s: float = 0.005

@@ -86,6 +86,7 @@ def deployment(
     service_ms: float = 0.0,
     per_item_ms: float = 0.0,
     max_batch: int = 1,
+    batch_size: int = 1,
     policy: str = "round-robin",
     flush_timeout_s: float = 0.005,
     query_timeout_s: float = 10.0,
@@ -102,7 +103,10 @@ def deployment(
         m: data instances of the coded deployment; the others are sized
             from it at equal resources (``plan``).
         service_ms, per_item_ms, max_batch: instance service emulation and
-            batching (see ``LocalBackend``).
+            batching (see ``LocalBackend``); instances take at least
+            ``batch_size`` queries at once.
+        batch_size: queries the frontend sends to an instance together (see
+            ``Frontend``).
         policy: data dispatch (see ``Frontend``).
         noop: instances skip the model and return zeros.
         backend: ``"local"`` (worker processes on this machine) or ``"ray"``
@@ -138,7 +142,7 @@ def deployment(
             data_instances=shape.data_instances,
             parity_instances=shape.parity_instances,
             service_ms=service_ms,
-            max_batch=max_batch,
+            max_batch=max(max_batch, batch_size),
             address=ray_address,
             num_gpus=num_gpus,
         )
@@ -150,7 +154,7 @@ def deployment(
             backup_instances=shape.backup_instances,
             service_ms=service_ms,
             per_item_ms=per_item_ms,
-            max_batch=max_batch,
+            max_batch=max(max_batch, batch_size),
             noop=noop,
         )
     frontend = Frontend(
@@ -158,6 +162,7 @@ def deployment(
         input_shape=loaded.input_shape,
         coding=coding_from_bundle(loaded) if mode == "coded" else None,
         policy=policy,
+        batch_size=batch_size,
         redundancy=mode if mode in ("hedge", "replicate", "cheap") else None,
         flush_timeout_s=flush_timeout_s,
         query_timeout_s=query_timeout_s,

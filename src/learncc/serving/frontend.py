@@ -125,6 +125,19 @@ class _Group:
     parity: list[np.ndarray | None] = field(default_factory=list)  # r slots
     instances: set[int] = field(default_factory=set)
     sealed: bool = False  # parity queries sent; membership final
+
+
+@dataclass(eq=False)
+class _Window:
+    """Batching: B consecutive queries go to one instance as a batch. Coded,
+    k such batches form a window whose B coding groups each take the query at
+    one position of every batch (ParM's layout), so that the B parity queries
+    also travel as one batch."""
+
+    groups: list[_Group]  # B groups (coded), else empty
+    batch: list[_Query] = field(default_factory=list)  # the batch being filled
+    instances: set[int] = field(default_factory=set)  # data instances of its batches
+    count: int = 0
     flush: asyncio.TimerHandle | None = None
 
 
@@ -157,8 +170,12 @@ class Frontend:
         input_shape: shape of one query, checked on every call.
         policy: data dispatch, one of ``POLICIES``.
         redundancy: ``None`` or one of ``REDUNDANCY`` (uncoded only).
-        flush_timeout_s: longest a partial coding group waits for members
-            before its parity query is sent.
+        flush_timeout_s: longest a partial coding group (or a partial batch)
+            waits for members before it is sent, completed with fill queries.
+        batch_size: queries sent to an instance together (B). With coding,
+            k batches form a window of B coding groups, the j-th group taking
+            the j-th query of each batch; B parity queries then go to one
+            parity instance together. B = 1 sends every query at once.
         query_timeout_s: longest a query waits for any answer.
         max_pending: most accepted, unanswered queries; beyond it ``submit``
             refuses at once with ``OverloadedError`` rather than queueing
@@ -177,6 +194,7 @@ class Frontend:
         policy: str = "round-robin",
         redundancy: str | None = None,
         flush_timeout_s: float = 0.005,
+        batch_size: int = 1,
         query_timeout_s: float = 10.0,
         max_pending: int = 100_000,
         default_output: np.ndarray | None = None,
@@ -185,6 +203,10 @@ class Frontend:
             raise ConfigError("flush_timeout_s and query_timeout_s must be > 0")
         if max_pending < 1:
             raise ConfigError(f"max_pending must be >= 1, got {max_pending}")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_size > 1 and policy == "shared-queue":
+            raise ConfigError("shared-queue hands out one query at a time; use batch_size=1")
         if policy not in POLICIES:
             raise ConfigError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
         if redundancy is not None and redundancy not in REDUNDANCY:
@@ -197,6 +219,7 @@ class Frontend:
         self.input_shape = tuple(input_shape)
         self.flush_timeout_s, self.query_timeout_s = flush_timeout_s, query_timeout_s
         self.max_pending = max_pending
+        self.batch_size = batch_size
         self.default_output = default_output
         counts = backend.counts
         if coding is not None:
@@ -217,7 +240,7 @@ class Frontend:
         self._rr = {DATA: 0, PARITY: 0, BACKUP: 0}
         self._pending: dict[int, _Query] = {}
         self._groups: dict[int, _Group] = {}
-        self._open: _Group | None = None
+        self._window: _Window | None = None
         self._shared: deque[_Query] = deque()
         self._busy: set[int] = set()  # shared-queue: data instances with a query
         self._latency = RunningQuantiles()
@@ -304,26 +327,70 @@ class Frontend:
         if deadline_s is not None and deadline_s < query.wait_s:
             query.wait_s, query.deadline = deadline_s, True
         query.timer = loop.call_later(query.wait_s, self._expire, query)
-        if self.coding is not None:
-            self._join_group(query)
-        self._dispatch(query)
-        self._add_redundancy(query)
-        group = query.group
-        if group is not None and len(group.members) == len(group.outputs):
-            self._seal(group)
+        if self.coding is None and self.batch_size == 1:
+            self._dispatch(query)
+            self._add_redundancy(query)
+        else:
+            self._join_window(query)
         return query.future
 
-    def _join_group(self, query: _Query) -> None:
-        assert self.coding is not None
-        group = self._open
-        if group is None:
-            k, r = self.coding.decoder.k, self.coding.decoder.r
-            group = _Group(next(self._gids), outputs=[None] * k, parity=[None] * r)
-            group.flush = self._loop.call_later(self.flush_timeout_s, self._seal, group)
-            self._groups[group.gid] = group
-            self._open = group
-        query.group, query.slot = group, len(group.members)
-        group.members.append(query)
+    def _join_window(self, query: _Query) -> None:
+        """Place ``query`` in the current batch (and, coded, its coding group);
+        send the batch when full and seal the groups when the window is."""
+        window = self._window
+        k = self.coding.decoder.k if self.coding is not None else 1
+        if window is None:
+            groups = []
+            if self.coding is not None:
+                r = self.coding.decoder.r
+                for _ in range(self.batch_size):
+                    group = _Group(next(self._gids), outputs=[None] * k, parity=[None] * r)
+                    self._groups[group.gid] = group
+                    groups.append(group)
+            window = self._window = _Window(groups)
+            window.flush = self._loop.call_later(self.flush_timeout_s, self._close_window, window)
+        position = window.count % self.batch_size
+        if window.groups:
+            group = window.groups[position]
+            query.group, query.slot = group, len(group.members)
+            group.members.append(query)
+        window.batch.append(query)
+        window.count += 1
+        if len(window.batch) == self.batch_size:
+            self._send_batch(window)
+        if window.count == k * self.batch_size:
+            self._close_window(window)
+
+    def _send_batch(self, window: _Window) -> None:
+        batch, window.batch = window.batch, []
+        if not batch:
+            return
+        if self.policy == "shared-queue":  # batches of one, taken by idle instances
+            for query in batch:
+                self._dispatch(query)
+            return
+        try:
+            index = self._pick(DATA, window.instances)
+        except BackendUnavailableError as e:
+            for query in batch:
+                self._fail(query, e)
+            return
+        window.instances.add(index)
+        for query in batch:
+            if query.qid in self._pending:
+                self._send_data(query, index)
+                self._add_redundancy(query)
+
+    def _close_window(self, window: _Window) -> None:
+        """Send a partial batch and seal the window's coding groups (at the
+        flush timeout, or when the window is full)."""
+        if window.flush is not None:
+            window.flush.cancel()
+        if self._window is window:
+            self._window = None
+        self._send_batch(window)
+        if window.groups:
+            self._seal(window.groups)
 
     def _pick(self, role: str, avoid: set[int] | frozenset[int] = frozenset(),
               among: range | None = None) -> int:  # fmt: skip
@@ -346,7 +413,9 @@ class Frontend:
         return choice
 
     def _dispatch(self, query: _Query) -> None:
-        """Send ``query`` to a data instance, or queue it (shared-queue)."""
+        """Send ``query`` alone to a data instance, or queue it (shared-queue).
+        Used for unbatched queries and to send a query again after its
+        instance died."""
         if self.policy == "shared-queue":
             self._shared.append(query)
             self._pump()
@@ -415,37 +484,40 @@ class Frontend:
             self._counts["hedged"] += 1
             self._send_data(query, index)
 
-    def _seal(self, group: _Group) -> None:
-        """Close the group to new members, complete it with fill queries, and
-        send its parity queries."""
-        if group.sealed:
-            return
+    def _seal(self, groups: list[_Group]) -> None:
+        """Complete a window's groups with fill queries and send their parity
+        queries, the window's B parity queries for model j to one instance."""
         assert self.coding is not None
-        group.sealed = True
-        if group.flush is not None:
-            group.flush.cancel()
-        if self._open is group:
-            self._open = None
-        if not any(q.qid in self._pending for q in group.members):
-            self._drop_group(group)  # all answered already: no parity needed
-            return
         k, r = self.coding.decoder.k, self.coding.decoder.r
-        inputs = [q.x for q in group.members]
-        for slot in range(len(group.members), k):
-            inputs.append(self.coding.fill_input)
-            group.outputs[slot] = self.coding.fill_output
+        live = []
+        for group in groups:
+            group.sealed = True
+            if not any(q.qid in self._pending for q in group.members):
+                self._drop_group(group)  # all answered already: no parity needed
+                continue
+            for slot in range(len(group.members), k):
+                group.outputs[slot] = self.coding.fill_output
+            live.append(group)
+        if not live:
+            return
+        inputs = np.stack([
+            np.stack([q.x for q in g.members] + [self.coding.fill_input] * (k - len(g.members)))
+            for g in live
+        ])  # (G, k, *in)
         with torch.no_grad():
-            parity = self.coding.encoder(torch.from_numpy(np.stack(inputs))[None])[0]  # (r, *in)
-        parity_np = parity.numpy()
+            parity = self.coding.encoder(torch.from_numpy(inputs)).numpy()  # (G, r, *in)
         n_parity = self.backend.counts[PARITY]
         for j in range(r):
             # parity instance i runs parity model i % r
             try:
                 index = self._pick(PARITY, frozenset(), range(j, n_parity, r))
-                self.backend.send(PARITY, index, group.gid * r + j, parity_np[j])
             except BackendUnavailableError:
-                logger.debug("group %d: no live instance for parity model %d", group.gid, j)
-        self._try_decode(group)
+                logger.debug("no live instance for parity model %d", j)
+                continue
+            for g, group in enumerate(live):
+                self.backend.send(PARITY, index, group.gid * r + j, parity[g, j])
+        for group in live:
+            self._try_decode(group)
 
     # -- results -----------------------------------------------------------
 

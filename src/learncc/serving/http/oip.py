@@ -74,7 +74,7 @@ OUTPUT_NAMES = ("output", "reconstructed", "default")
 VERSION = "1"
 
 # OIP datatype -> little-endian NumPy dtype of the wire format
-DATATYPES = {
+DATATYPES: dict[str, np.dtype[Any]] = {
     "FP16": np.dtype("<f2"),
     "FP32": np.dtype("<f4"),
     "FP64": np.dtype("<f8"),
