@@ -67,7 +67,8 @@ async def run_mode(
     *, progress: bool = True,
 ) -> ModeResult:  # fmt: skip
     frontend, shape = deployment(
-        bundle_path, mode, m=cfg.m, service_ms=cfg.service_ms, max_batch=cfg.max_batch,
+        bundle_path, mode, m=cfg.m, service_ms=cfg.service_ms, per_item_ms=cfg.per_item_ms,
+        max_batch=cfg.max_batch, batch_size=cfg.batch_size, policy=cfg.policy, noop=cfg.noop,
         flush_timeout_s=cfg.flush_timeout_s, query_timeout_s=cfg.query_timeout_s,
         backend=cfg.backend, ray_address=cfg.ray_address,
     )  # fmt: skip
