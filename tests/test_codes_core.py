@@ -105,3 +105,27 @@ def test_encoder_rejects_wrong_group_shape() -> None:
     enc = AdditionEncoder(k=2, r=1, input_shape=(4,))
     with pytest.raises(ConfigError, match=r"expects groups of shape \(B, 2, 4\)"):
         enc(torch.zeros(1, 3, 4))
+
+
+@pytest.mark.parametrize(
+    ("encoder", "decoder", "k", "r"),
+    [("addition", "subtraction", 3, 1), ("concat", "subtraction", 4, 1),
+     ("linear", "linear", 3, 2), ("berrut", "berrut", 4, 2), ("concat", "subtraction", 2, 1)],
+)  # fmt: skip
+def test_numpy_serving_path_equals_forward(encoder: str, decoder: str, k: int, r: int) -> None:
+    import numpy as np
+
+    enc, dec = make_code(CodeConfig(k=k, r=r, encoder=encoder, decoder=decoder), (1, 8, 8))
+    x = torch.rand(3, k, 1, 8, 8)
+    with torch.no_grad():
+        expected = enc(x).numpy()
+    np.testing.assert_allclose(enc.encode_numpy(x.numpy()), expected, rtol=1e-5, atol=1e-6)
+    data, parity = torch.randn(k, 10), torch.randn(r, 10)
+    for lost in range(k):
+        available = [i != lost for i in range(k)] + [True] * r
+        data_in = data.clone()
+        data_in[lost] = float("nan")
+        with torch.no_grad():
+            want = dec(data_in[None], parity[None], torch.tensor(available))[0].numpy()
+        got = dec.decode_numpy(data_in.numpy(), parity.numpy(), available)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from torch import Tensor
 
 from learncc.codes.base import Encoder
@@ -26,3 +27,6 @@ class AdditionEncoder(Encoder):
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
         return x.sum(dim=1, keepdim=True)  # (B, 1, *in)
+
+    def encode_numpy(self, x: np.ndarray) -> np.ndarray:
+        return x.sum(axis=1, keepdims=True)

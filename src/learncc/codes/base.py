@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -48,6 +49,15 @@ class Encoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Encode ``x`` of shape ``(B, k, *in)`` into ``(B, r, *in)``."""
         raise NotImplementedError
+
+    def encode_numpy(self, x: np.ndarray) -> np.ndarray:
+        """``forward`` on float32 NumPy groups ``(B, k, *in)``, for the serving
+        frontend, which encodes one small group at a time. Codes that are
+        fixed linear maps override it with the same matrices applied in
+        NumPy (several times cheaper per call than torch); tests hold each
+        override equal to ``forward``."""
+        with torch.no_grad():
+            return self(torch.from_numpy(x)).numpy()
 
     def check_input(self, x: Tensor) -> None:
         if tuple(x.shape[1:]) != (self.k, *self.input_shape):
@@ -84,6 +94,14 @@ class Decoder(nn.Module):
         """
         raise NotImplementedError
 
+    def decode_numpy(
+        self, data_out: np.ndarray, parity_out: np.ndarray, available: Sequence[bool]
+    ) -> np.ndarray:
+        """``forward`` for one group in NumPy: ``(k, *out)``, ``(r, *out)`` and
+        k + r flags in, ``(k, *out)`` out. Overridden by fixed linear decoders
+        (see ``Encoder.encode_numpy``)."""
+        return decode_numpy_default(self, data_out, parity_out, available)
+
     def forward(
         self, data_out: Tensor, parity_out: Tensor, available: Tensor
     ) -> Tensor:
@@ -98,6 +116,16 @@ class Decoder(nn.Module):
             ``(B, k, *out)`` with available data slots passed through unchanged.
         """
         raise NotImplementedError
+
+
+def decode_numpy_default(
+    decoder: Decoder, data_out: np.ndarray, parity_out: np.ndarray, available: Sequence[bool]
+) -> np.ndarray:
+    with torch.no_grad():
+        return decoder(
+            torch.from_numpy(data_out)[None], torch.from_numpy(parity_out)[None],
+            torch.tensor(list(available), dtype=torch.bool),
+        )[0].numpy()  # fmt: skip
 
 
 def is_differentiable(module: nn.Module) -> bool:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -89,6 +90,10 @@ class BerrutEncoder(Encoder):
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
         return torch.einsum("jk,bk...->bj...", self.weights.to(x.dtype), x)
+
+    def encode_numpy(self, x: np.ndarray) -> np.ndarray:
+        weights = self.weights.numpy().astype(x.dtype)
+        return np.moveaxis(np.tensordot(weights, x, axes=([1], [1])), 0, 1)
 
 
 class BerrutDecoder(PatternDecoder):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -89,8 +90,16 @@ class ConcatenationEncoder(Encoder):
         self.register_buffer(
             "cols_t", cols_m.transpose(1, 2)[:, None], persistent=False
         )  # (k, 1, W, W)
+        self._numpy: tuple[np.ndarray, np.ndarray] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
         tiles = self.rows_m.to(x.dtype) @ x @ self.cols_t.to(x.dtype)  # (B, k, C, H, W)
         return tiles.sum(dim=1, keepdim=True)  # (B, 1, C, H, W)
+
+    def encode_numpy(self, x: np.ndarray) -> np.ndarray:
+        if self._numpy is None:
+            self._numpy = (self.rows_m.numpy().astype(np.float32),
+                           self.cols_t.numpy().astype(np.float32))  # fmt: skip
+        rows, cols = self._numpy
+        return (rows @ x @ cols).sum(axis=1, keepdims=True)

@@ -31,6 +31,7 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -83,6 +84,10 @@ class LinearEncoder(Encoder):
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
         return torch.einsum("jk,bk...->bj...", self.weights.to(x.dtype), x)
+
+    def encode_numpy(self, x: np.ndarray) -> np.ndarray:
+        weights = self.weights.numpy().astype(x.dtype)
+        return np.moveaxis(np.tensordot(weights, x, axes=([1], [1])), 0, 1)
 
 
 class PatternDecoder(Decoder):
@@ -149,6 +154,14 @@ class PatternDecoder(Decoder):
         ).to(both)  # (U, k, k + r)
         rebuilt = torch.einsum("bij,bj...->bi...", mats[inverse], both)
         return torch.where(present[:, :k], data_out, rebuilt)  # (B, k, *out)
+
+    def decode_numpy(
+        self, data_out: np.ndarray, parity_out: np.ndarray, available: Sequence[bool]
+    ) -> np.ndarray:
+        pattern = tuple(bool(a) for a in available)
+        kept, m = self._kept_matrix(pattern, torch.float32, torch.device("cpu"))
+        both = np.concatenate([data_out, parity_out])  # (k + r, *out)
+        return np.tensordot(m.numpy(), both[kept.numpy()], axes=([1], [0]))
 
     def _kept_matrix(
         self, pattern: tuple[bool, ...], dtype: torch.dtype, device: torch.device

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -43,3 +44,11 @@ class SubtractionDecoder(Decoder):
         known = torch.where(present, data_out, torch.zeros_like(data_out))
         rebuilt = parity_out[:, :1] - known.sum(dim=1, keepdim=True)  # (B, 1, *out)
         return torch.where(present, data_out, rebuilt)
+
+    def decode_numpy(
+        self, data_out: np.ndarray, parity_out: np.ndarray, available: Sequence[bool]
+    ) -> np.ndarray:
+        present = np.asarray(available[: self.k], dtype=bool)
+        out = data_out.copy()
+        out[~present] = parity_out[0] - data_out[present].sum(axis=0)
+        return out

@@ -43,7 +43,6 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from learncc.codes import Decoder, Encoder
 from learncc.errors import (
@@ -504,8 +503,7 @@ class Frontend:
             np.stack([q.x for q in g.members] + [self.coding.fill_input] * (k - len(g.members)))
             for g in live
         ])  # (G, k, *in)
-        with torch.no_grad():
-            parity = self.coding.encoder(torch.from_numpy(inputs)).numpy()  # (G, r, *in)
+        parity = self.coding.encoder.encode_numpy(inputs)  # (G, r, *in)
         n_parity = self.backend.counts[PARITY]
         for j in range(r):
             # parity instance i runs parity model i % r
@@ -611,10 +609,9 @@ class Frontend:
             return
         shape = self.coding.fill_output.shape
         nan = np.full(shape, np.nan, dtype=np.float32)
-        data = torch.from_numpy(np.stack([nan if o is None else o.reshape(shape) for o in group.outputs]))
-        parity = torch.from_numpy(np.stack([nan if p is None else p.reshape(shape) for p in group.parity]))
-        with torch.no_grad():
-            rebuilt = decoder(data[None], parity[None], torch.tensor(available))[0].numpy()
+        data = np.stack([nan if o is None else o.reshape(shape) for o in group.outputs])
+        parity = np.stack([nan if p is None else p.reshape(shape) for p in group.parity])
+        rebuilt = decoder.decode_numpy(data, parity, available)  # (k, *out)
         for query in waiting:
             self._counts["reconstructed"] += 1
             self._answer(query, Answer(rebuilt[query.slot].copy(), True, query.qid))
