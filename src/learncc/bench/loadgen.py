@@ -9,6 +9,7 @@ omission). Queries arriving during the warm-up are served but not counted.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -49,6 +50,8 @@ class ModeResult:
     errors: int
     top1: float | None  # accuracy of the answers clients got, where labels exist
     achieved_qps: float
+    # this process's CPU (frontend and load generator) per offered query
+    frontend_cpu_us_per_query: float
     latencies_ms: np.ndarray  # every counted latency, for CDF plots
     # per instance ("role/index"), measured per-batch service times in ms
     service_ms: dict[str, list[float]] = field(default_factory=dict)
@@ -86,6 +89,7 @@ async def drive(
         outcome[i] = fut.exception() or fut.result()
 
     futures: list[asyncio.Future[Answer]] = []
+    cpu_start = time.process_time()
     bar = tqdm(total=n, desc=progress, unit="q", disable=progress is None, mininterval=0.5)
     for i in range(n):
         delay = t0 + trace.arrivals_s[i] - loop.time()
@@ -96,6 +100,7 @@ async def drive(
         futures.append(fut)
         bar.update(1)
     await asyncio.gather(*futures, return_exceptions=True)
+    cpu_s = time.process_time() - cpu_start
     bar.close()
 
     counted = trace.arrivals_s >= warmup_s
@@ -127,5 +132,6 @@ async def drive(
         errors=errors,
         top1=None if labels is None or answered == 0 else hits / answered,
         achieved_qps=answered / span if span > 0 else 0.0,
+        frontend_cpu_us_per_query=1e6 * cpu_s / max(1, n),
         latencies_ms=latency_ms[ok],
     )

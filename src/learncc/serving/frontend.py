@@ -7,8 +7,9 @@ the encoder makes its r parity queries and each goes to a parity instance. A
 group still partial after ``flush_timeout_s`` is completed with the bundle's
 fill query, whose F output is known, so the decoder sees a full group. As
 soon as the available data outputs and parity outputs allow it, the missing
-outputs are decoded and answered, flagged ``reconstructed``; a late original
-is then discarded.
+outputs are decoded and answered, flagged ``reconstructed``; the original is
+then withdrawn from its instance if not yet started, and discarded if it
+still arrives.
 
 The same frontend serves the baselines it is compared with, on the same
 dispatch code: plain (``none``/``equal``), ``hedge`` (a second copy once a
@@ -411,6 +412,15 @@ class Frontend:
         self._rr[role] = (choice + 1) % n
         return choice
 
+    def _pick_least_loaded(self, role: str, among: range) -> int:
+        live = [i for i in among if self.backend.alive(role, i)]
+        if not live:
+            raise BackendUnavailableError(f"no live {role} instance")
+        n, start = self.backend.counts[role], self._rr[role]
+        choice = min(live, key=lambda i: (self.backend.depth(role, i), (i - start) % n))
+        self._rr[role] = (choice + 1) % n
+        return choice
+
     def _dispatch(self, query: _Query) -> None:
         """Send ``query`` alone to a data instance, or queue it (shared-queue).
         Used for unbatched queries and to send a query again after its
@@ -506,9 +516,11 @@ class Frontend:
         parity = self.coding.encoder.encode_numpy(inputs)  # (G, r, *in)
         n_parity = self.backend.counts[PARITY]
         for j in range(r):
-            # parity instance i runs parity model i % r
+            # parity instance i runs parity model i % r; whatever the data
+            # policy, parity goes to the least loaded one: a parity output
+            # only helps if it arrives before the stragglers it covers
             try:
-                index = self._pick(PARITY, frozenset(), range(j, n_parity, r))
+                index = self._pick_least_loaded(PARITY, range(j, n_parity, r))
             except BackendUnavailableError:
                 logger.debug("no live instance for parity model %d", j)
                 continue
@@ -615,6 +627,9 @@ class Frontend:
         for query in waiting:
             self._counts["reconstructed"] += 1
             self._answer(query, Answer(rebuilt[query.slot].copy(), True, query.qid))
+            # withdraw the straggling original: a slow instance then drains its
+            # queue instead of computing answers nobody will read
+            self._cancel_copies(query, winner=-1)
         self._drop_group(group)
 
     def _drop_group(self, group: _Group) -> None:
