@@ -28,7 +28,11 @@ class FakeBackend:
         delay_s: Callable[[str, int, int], float | None] = lambda role, i, tag: 0.001,
     ) -> None:
         self.weights = weights.astype(np.float32)
-        self.counts = {DATA: data_instances, PARITY: parity_instances, BACKUP: backup_instances}
+        self.counts = {
+            DATA: data_instances,
+            PARITY: parity_instances,
+            BACKUP: backup_instances,
+        }
         self.backup_weights = self.weights if backup_weights is None else backup_weights
         self.cancelled: list[tuple[str, int, int]] = []
         self.depths: dict[tuple[str, int], int] = {}

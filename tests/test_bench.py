@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pytest
 
@@ -9,7 +7,13 @@ from fakes import FakeBackend
 from learncc.bench import BenchConfig, drive, poisson_trace
 from learncc.errors import ConfigError
 from learncc.serving import Frontend
-from learncc.serving.slowdown import PRESETS, Schedule, SlowdownConfig, instance_schedule, preset
+from learncc.serving.slowdown import (
+    PRESETS,
+    Schedule,
+    SlowdownConfig,
+    instance_schedule,
+    preset,
+)
 
 
 def test_poisson_trace_is_seeded_with_the_right_rate() -> None:
@@ -24,16 +28,27 @@ def test_poisson_trace_is_seeded_with_the_right_rate() -> None:
 
 def test_episodes_preset_is_slow_about_5_percent_of_the_time() -> None:
     cfg = PRESETS["episodes"]
-    slow = sum(e - s for g in range(20)
-               for s, e in instance_schedule(cfg, g, 600, seed=1)["episodes"])  # fmt: skip
+    slow = sum(
+        e - s
+        for g in range(20)
+        for s, e in instance_schedule(cfg, g, 600, seed=1)["episodes"]
+    )
     assert slow / (20 * 600) == pytest.approx(0.05, rel=0.15)
     assert instance_schedule(cfg, 2, 60, 1) == instance_schedule(cfg, 2, 60, 1)
     assert instance_schedule(cfg, 2, 60, 1) != instance_schedule(cfg, 3, 60, 1)
 
 
 def test_schedule_factor_follows_episodes() -> None:
-    sched = Schedule({"slow_factor": 10, "episodes": [(1.0, 2.0), (5.0, 5.5)]}, t0=100.0)
-    assert [sched.slow_factor(100 + t) for t in (0.5, 1.5, 3.0, 5.2, 6.0)] == [1, 10, 1, 10, 1]
+    sched = Schedule(
+        {"slow_factor": 10, "episodes": [(1.0, 2.0), (5.0, 5.5)]}, t0=100.0
+    )
+    assert [sched.slow_factor(100 + t) for t in (0.5, 1.5, 3.0, 5.2, 6.0)] == [
+        1,
+        10,
+        1,
+        10,
+        1,
+    ]
 
 
 def test_bad_bench_and_slowdown_settings() -> None:
@@ -49,13 +64,16 @@ def test_bad_bench_and_slowdown_settings() -> None:
 
 async def test_drive_measures_from_scheduled_arrival() -> None:
     # one instance taking 20 ms per query at 100 q/s: latencies include queueing
-    backend = FakeBackend(np.eye(2, dtype=np.float32), data_instances=1,
-                          delay_s=lambda role, i, tag: 0.02)  # fmt: skip
+    backend = FakeBackend(
+        np.eye(2, dtype=np.float32), data_instances=1, delay_s=lambda role, i, tag: 0.02
+    )
     frontend = Frontend(backend, input_shape=(2,))
     trace = poisson_trace(rate_qps=100, duration_s=1.0, pool=2, seed=0)
     pool = np.eye(2, dtype=np.float32)
     async with frontend:
-        result = await drive(frontend, trace, pool, labels=np.array([0, 1]), warmup_s=0.2)
+        result = await drive(
+            frontend, trace, pool, labels=np.array([0, 1]), warmup_s=0.2
+        )
     assert result.n == int((trace.arrivals_s >= 0.2).sum()) and result.errors == 0
     assert 19 <= result.p50 <= 40 and result.top1 == 1.0
     assert result.reconstructed == 0 and len(result.latencies_ms) == result.n

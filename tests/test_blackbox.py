@@ -78,8 +78,9 @@ def cancer_bundle(cancer: Dataset, tmp_path_factory: pytest.TempPathFactory):
     estimator.fit(cancer.train.x, cancer.train.y)
     f = from_sklearn(estimator, cancer.train.x[:8], method="predict_proba")
     out = tmp_path_factory.mktemp("cancer") / "bundle"
-    bundle = train_blackbox_bundle(f, cancer, ADDITION, parity_cfg=quick(20), out=out,
-                                   progress=False)  # fmt: skip
+    bundle = train_blackbox_bundle(
+        f, cancer, ADDITION, parity_cfg=quick(20), out=out, progress=False
+    )
     return estimator, bundle
 
 
@@ -125,15 +126,21 @@ def test_sklearn_decision_function_scores(cancer) -> None:
     multi = LogisticRegression(max_iter=500).fit(wine.train.x, wine.train.y)
     f = from_sklearn(multi, wine.train.x[:8], method="decision_function")
     np.testing.assert_allclose(
-        f(torch.from_numpy(wine.test.x)).numpy(), multi.decision_function(wine.test.x),
-        rtol=1e-4, atol=1e-4,
-    )  # fmt: skip
+        f(torch.from_numpy(wine.test.x)).numpy(),
+        multi.decision_function(wine.test.x),
+        rtol=1e-4,
+        atol=1e-4,
+    )
     # a binary classifier's single score d comes as two columns (-d, d)
     binary = LogisticRegression(max_iter=500).fit(cancer.train.x, cancer.train.y)
     g = from_sklearn(binary, cancer.train.x[:8], method="decision_function")
     d = binary.decision_function(cancer.test.x)
-    np.testing.assert_allclose(g(torch.from_numpy(cancer.test.x)).numpy(),
-                               np.stack([-d, d], 1), rtol=1e-4, atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        g(torch.from_numpy(cancer.test.x)).numpy(),
+        np.stack([-d, d], 1),
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
     bundle = train_blackbox_bundle(
         f, wine, ADDITION, parity_cfg=quick(30), progress=False
@@ -181,18 +188,25 @@ def digits() -> Dataset:
 @pytest.fixture(scope="module")
 def onnx_bundle(digits: Dataset, tmp_path_factory: pytest.TempPathFactory):
     torch.manual_seed(0)
-    model = Normalized(mlp(input_shape=digits.input_shape, num_classes=10),
-                       **digits.normalization())  # fmt: skip
+    model = Normalized(
+        mlp(input_shape=digits.input_shape, num_classes=10), **digits.normalization()
+    )
     model, _ = train_classifier(model, digits, quick(10), progress=False)
     path = tmp_path_factory.mktemp("onnx") / "mlp.onnx"
     with warnings.catch_warnings():  # the exporter's own deprecations
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            model, (torch.from_numpy(digits.val.x[:2]),), str(path), dynamo=True,
-            input_names=["x"], output_names=["logits"], external_data=False,
-            dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
-        )  # fmt: skip
+            model,
+            (torch.from_numpy(digits.val.x[:2]),),
+            str(path),
+            dynamo=True,
+            input_names=["x"],
+            output_names=["logits"],
+            external_data=False,
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            verbose=False,
+        )
     f = from_onnx(path, input_shape=digits.input_shape)
     out = path.parent / "bundle"
     bundle = train_blackbox_bundle(
@@ -292,8 +306,15 @@ def test_ink_box_exact_values() -> None:
 def test_callable_box_parity_beats_default_box(tmp_path: Path) -> None:
     data = load_dataset("mnist5k")
     f = from_callable(ink_box, input_shape=data.input_shape)
-    bundle = train_blackbox_bundle(f, data, CONCAT, parity_cfg=quick(8), metric="iou",
-                                   out=tmp_path / "box", progress=False)  # fmt: skip
+    bundle = train_blackbox_bundle(
+        f,
+        data,
+        CONCAT,
+        parity_cfg=quick(8),
+        metric="iou",
+        out=tmp_path / "box",
+        progress=False,
+    )
     m = bundle.manifest["metrics"]
     # labels are digits, not boxes: F's own box is the reference
     assert m["base_iou"] == 1.0 and m["degraded_iou"] == m["reconstruction_iou"]
@@ -301,9 +322,12 @@ def test_callable_box_parity_beats_default_box(tmp_path: Path) -> None:
     assert m["default_iou"] == pytest.approx(0.717, abs=0.01)
     assert m["degraded_iou"] > m["default_iou"] + 0.1
     assert bundle.manifest["base"] == {
-        "kind": "callable", "input_shape": [1, 28, 28], "output_shape": [4],
-        "target": "learncc.models.blackbox:ink_box", "options": {},
-    }  # fmt: skip
+        "kind": "callable",
+        "input_shape": [1, 28, 28],
+        "output_shape": [4],
+        "target": "learncc.models.blackbox:ink_box",
+        "options": {},
+    }
     assert bundle.manifest["parity"]["model"] == "learncc.models.blackbox:scaled_mlp"
     loaded = load_bundle(bundle.path)
     assert_same_outputs(bundle, loaded, data.test.x[:8])
@@ -345,8 +369,9 @@ def test_configuration_mismatches_are_rejected(cancer, digits) -> None:
     ):
         train_blackbox_bundle(f, cancer, ADDITION, parity_cfg=quick(1), progress=False)
     with pytest.raises(ConfigError, match="metric iou needs F to output boxes"):
-        train_blackbox_bundle(f, cancer, ADDITION, parity_cfg=quick(1), metric="iou",
-                              progress=False)  # fmt: skip
+        train_blackbox_bundle(
+            f, cancer, ADDITION, parity_cfg=quick(1), metric="iou", progress=False
+        )
     # F's input shape does not match the data
     box = from_callable(ink_box, input_shape=(1, 28, 28))
     with pytest.raises(ConfigError, match=r"takes inputs of shape \(1, 28, 28\)"):
@@ -371,11 +396,12 @@ def _tiny_onnx(batch: int | str, external: str | None = None) -> bytes:
         w.data_location = TensorProto.EXTERNAL
         w.external_data.add(key="location", value=external)
     graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "w"], ["y"])], "tiny",
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "tiny",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])],
         initializer=[w],
-    )  # fmt: skip
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model.SerializeToString()
@@ -431,8 +457,14 @@ def test_onnx_files_cannot_escape_the_bundle(cancer_bundle, tmp_path: Path) -> N
 
 
 def test_torch_bundles_are_unchanged(digits, tmp_path: Path) -> None:
-    bundle = train_bundle(digits, CONCAT, base_cfg=quick(1), parity_cfg=quick(1),
-                          out=tmp_path / "torch", progress=False)  # fmt: skip
+    bundle = train_bundle(
+        digits,
+        CONCAT,
+        base_cfg=quick(1),
+        parity_cfg=quick(1),
+        out=tmp_path / "torch",
+        progress=False,
+    )
     assert "kind" not in bundle.manifest["base"]
     assert (tmp_path / "torch" / "base.safetensors").is_file()
     assert not (tmp_path / "torch" / ONNX_FILE).exists()

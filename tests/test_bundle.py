@@ -18,7 +18,9 @@ def copy(bundle: Path, tmp_path: Path) -> Path:
     return out
 
 
-def test_round_trip_gives_identical_outputs(digits_bundle: Path, tmp_path: Path) -> None:
+def test_round_trip_gives_identical_outputs(
+    digits_bundle: Path, tmp_path: Path
+) -> None:
     a = load_bundle(digits_bundle)
     b = load_bundle(save_bundle(tmp_path / "again", a))
     x = torch.from_numpy(load_dataset("digits").test.x[:16])
@@ -26,17 +28,34 @@ def test_round_trip_gives_identical_outputs(digits_bundle: Path, tmp_path: Path)
         assert torch.equal(a.base(x), b.base(x))
         assert torch.equal(a.parity[0](x), b.parity[0](x))
         assert torch.equal(a.fill_output, b.base(a.fill_input[None])[0])
-    assert a.manifest["code"] == {"k": 2, "r": 1, "encoder": "concat",
-                                  "decoder": "subtraction", "options": {}}  # fmt: skip
-    assert a.manifest["data"]["seed"] == 0 and a.manifest["data"]["sizes"]["test"] == 359
-    for key in ("base_top1", "degraded_top1", "reconstruction_top1", "overall_top1_at_f0.05"):
+    assert a.manifest["code"] == {
+        "k": 2,
+        "r": 1,
+        "encoder": "concat",
+        "decoder": "subtraction",
+        "options": {},
+    }
+    assert (
+        a.manifest["data"]["seed"] == 0 and a.manifest["data"]["sizes"]["test"] == 359
+    )
+    for key in (
+        "base_top1",
+        "degraded_top1",
+        "reconstruction_top1",
+        "overall_top1_at_f0.05",
+    ):
         assert 0 <= a.manifest["metrics"][key] <= 1
 
 
 def test_bundle_holds_no_pickle(digits_bundle: Path) -> None:
     names = sorted(p.name for p in digits_bundle.iterdir())
-    assert names == ["backup.safetensors", "base.safetensors", "code.safetensors",
-                     "manifest.json", "parity.safetensors"]  # fmt: skip
+    assert names == [
+        "backup.safetensors",
+        "base.safetensors",
+        "code.safetensors",
+        "manifest.json",
+        "parity.safetensors",
+    ]
     for path in digits_bundle.iterdir():
         assert b"\x80\x04" not in path.read_bytes()[:2]  # no pickle protocol header
 
@@ -47,16 +66,32 @@ def test_bundle_holds_no_pickle(digits_bundle: Path) -> None:
         (lambda p: (p / MANIFEST).unlink(), "no coded model bundle at"),
         (lambda p: (p / MANIFEST).write_text("{not json"), "is not valid JSON"),
         (lambda p: (p / MANIFEST).write_text("[]"), "is not a learncc bundle manifest"),
-        (lambda p: (p / "parity.safetensors").unlink(), "parity.safetensors is missing"),
-        (lambda p: (p / "base.safetensors").write_bytes(b"\x00" * 64), "base.safetensors is corrupt"),
-        (lambda p: _edit(p, lambda m: m.update(version=99)), "version 99 is not supported"),
-        (lambda p: _edit(p, lambda m: m["base"].update(model="nope")), "unknown model 'nope'"),
-        (lambda p: _edit(p, lambda m: m["base"]["options"].update(hidden=[7])),
-         "base model weights do not fit"),
+        (
+            lambda p: (p / "parity.safetensors").unlink(),
+            "parity.safetensors is missing",
+        ),
+        (
+            lambda p: (p / "base.safetensors").write_bytes(b"\x00" * 64),
+            "base.safetensors is corrupt",
+        ),
+        (
+            lambda p: _edit(p, lambda m: m.update(version=99)),
+            "version 99 is not supported",
+        ),
+        (
+            lambda p: _edit(p, lambda m: m["base"].update(model="nope")),
+            "unknown model 'nope'",
+        ),
+        (
+            lambda p: _edit(p, lambda m: m["base"]["options"].update(hidden=[7])),
+            "base model weights do not fit",
+        ),
         (lambda p: _edit(p, lambda m: m.pop("code")), "lacks the entry 'code'"),
     ],
 )
-def test_damaged_bundles_fail_with_a_clear_message(digits_bundle: Path, tmp_path: Path, damage, match: str) -> None:
+def test_damaged_bundles_fail_with_a_clear_message(
+    digits_bundle: Path, tmp_path: Path, damage, match: str
+) -> None:
     path = copy(digits_bundle, tmp_path)
     damage(path)
     with pytest.raises(BundleError, match=match):

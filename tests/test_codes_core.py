@@ -26,7 +26,9 @@ def test_addition_sums_the_group() -> None:
 def test_concat_k2_tiles_side_by_side_with_area_downsampling() -> None:
     a = torch.ones(1, 4, 4)
     b = torch.arange(16, dtype=torch.float32).view(1, 4, 4)
-    out = ConcatenationEncoder(k=2, r=1, input_shape=(1, 4, 4))(torch.stack([a, b])[None])
+    out = ConcatenationEncoder(k=2, r=1, input_shape=(1, 4, 4))(
+        torch.stack([a, b])[None]
+    )
     assert out.shape == (1, 1, 1, 4, 4)
     tile = out[0, 0, 0]
     assert torch.equal(tile[:, :2], torch.ones(4, 2))
@@ -46,8 +48,12 @@ def test_concat_any_k_keeps_each_image_in_its_own_tile(k: int) -> None:
     out = enc(x)[0, 0]
     covered = torch.zeros(28, 28, dtype=torch.bool)
     for i, (top, left, h, w) in enumerate(enc.tiles):
-        assert torch.allclose(out[0, top : top + h, left : left + w], torch.tensor(i + 1.0))
-        assert torch.allclose(out[1, top : top + h, left : left + w], torch.tensor(i + 101.0))
+        assert torch.allclose(
+            out[0, top : top + h, left : left + w], torch.tensor(i + 1.0)
+        )
+        assert torch.allclose(
+            out[1, top : top + h, left : left + w], torch.tensor(i + 101.0)
+        )
         assert not covered[top : top + h, left : left + w].any()
         covered[top : top + h, left : left + w] = True
 
@@ -68,8 +74,10 @@ def test_subtraction_decode_is_exact_for_linear_f_with_addition() -> None:
         data[:, lost] = float("nan")  # the unavailable slot is garbage
         rebuilt = dec(data, parity, available)
         assert torch.allclose(rebuilt, outputs, atol=1e-5)
-        assert torch.equal(rebuilt[:, [i for i in range(k) if i != lost]],
-                           outputs[:, [i for i in range(k) if i != lost]])  # fmt: skip
+        assert torch.equal(
+            rebuilt[:, [i for i in range(k) if i != lost]],
+            outputs[:, [i for i in range(k) if i != lost]],
+        )
 
 
 def test_subtraction_can_decode_needs_parity_and_k_minus_1() -> None:
@@ -78,7 +86,9 @@ def test_subtraction_can_decode_needs_parity_and_k_minus_1() -> None:
     assert dec.can_decode([True, True, True])
     assert not dec.can_decode([False, True, False])
     assert not dec.can_decode([False, False, True])
-    assert torch.equal(dec.parity_target(torch.ones(1, 2, 3)), torch.full((1, 1, 3), 2.0))
+    assert torch.equal(
+        dec.parity_target(torch.ones(1, 2, 3)), torch.full((1, 1, 3), 2.0)
+    )
 
 
 @pytest.mark.parametrize(
@@ -91,13 +101,17 @@ def test_subtraction_can_decode_needs_parity_and_k_minus_1() -> None:
         (CodeConfig(k=2, r=2, encoder="addition"), (4,), "one parity query"),
     ],
 )
-def test_unsupported_codes_fail_at_configuration(cfg: CodeConfig, shape: tuple[int, ...], match: str) -> None:
+def test_unsupported_codes_fail_at_configuration(
+    cfg: CodeConfig, shape: tuple[int, ...], match: str
+) -> None:
     with pytest.raises(ConfigError, match=match):
         make_code(cfg, shape)
 
 
 def test_unknown_encoder_names_the_known_ones() -> None:
-    with pytest.raises(UnknownNameError, match="unknown encoder 'zip'; choose one of: addition"):
+    with pytest.raises(
+        UnknownNameError, match="unknown encoder 'zip'; choose one of: addition"
+    ):
         make_code(CodeConfig(encoder="zip"), (1, 8, 8))
 
 
@@ -109,17 +123,28 @@ def test_encoder_rejects_wrong_group_shape() -> None:
 
 @pytest.mark.parametrize(
     ("encoder", "decoder", "k", "r"),
-    [("addition", "subtraction", 3, 1), ("concat", "subtraction", 4, 1),
-     ("linear", "linear", 3, 2), ("berrut", "berrut", 4, 2), ("concat", "subtraction", 2, 1)],
-)  # fmt: skip
-def test_numpy_serving_path_equals_forward(encoder: str, decoder: str, k: int, r: int) -> None:
+    [
+        ("addition", "subtraction", 3, 1),
+        ("concat", "subtraction", 4, 1),
+        ("linear", "linear", 3, 2),
+        ("berrut", "berrut", 4, 2),
+        ("concat", "subtraction", 2, 1),
+    ],
+)
+def test_numpy_serving_path_equals_forward(
+    encoder: str, decoder: str, k: int, r: int
+) -> None:
     import numpy as np
 
-    enc, dec = make_code(CodeConfig(k=k, r=r, encoder=encoder, decoder=decoder), (1, 8, 8))
+    enc, dec = make_code(
+        CodeConfig(k=k, r=r, encoder=encoder, decoder=decoder), (1, 8, 8)
+    )
     x = torch.rand(3, k, 1, 8, 8)
     with torch.no_grad():
         expected = enc(x).numpy()
-    np.testing.assert_allclose(enc.encode_numpy(x.numpy()), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        enc.encode_numpy(x.numpy()), expected, rtol=1e-5, atol=1e-6
+    )
     data, parity = torch.randn(k, 10), torch.randn(r, 10)
     for lost in range(k):
         available = [i != lost for i in range(k)] + [True] * r

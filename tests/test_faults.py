@@ -22,11 +22,15 @@ from learncc.serving.slowdown import SlowdownConfig, instance_schedule
 pytestmark = pytest.mark.slow
 
 
-async def test_accounting_10k_queries_with_instances_killed_at_random(digits_bundle: Path) -> None:
+async def test_accounting_10k_queries_with_instances_killed_at_random(
+    digits_bundle: Path,
+) -> None:
     xs = load_dataset("digits").test.x
     with torch.no_grad():
         expected = load_bundle(digits_bundle).base(torch.from_numpy(xs)).numpy()
-    frontend, _ = deployment(digits_bundle, "coded", m=3, service_ms=1.0, query_timeout_s=5.0)
+    frontend, _ = deployment(
+        digits_bundle, "coded", m=3, service_ms=1.0, query_timeout_s=5.0
+    )
     answers: dict[int, int] = {}
     outcomes: list[object] = [None] * 10_000
     rng = random.Random(5)
@@ -43,8 +47,12 @@ async def test_accounting_10k_queries_with_instances_killed_at_random(digits_bun
             fut.add_done_callback(lambda f, i=i: record(i, f))
             futures.append(fut)
             if i % 500 == 499:  # kill a random live instance; the backend restarts it
-                live = [(r, j) for r, n in ((DATA, 3), (PARITY, 2)) for j in range(n)
-                        if frontend.backend.alive(r, j)]  # fmt: skip
+                live = [
+                    (r, j)
+                    for r, n in ((DATA, 3), (PARITY, 2))
+                    for j in range(n)
+                    if frontend.backend.alive(r, j)
+                ]
                 if len(live) >= 4:  # restarts take seconds on a loaded machine
                     role, index = rng.choice(live)
                     os.kill(frontend.backend.pid(role, index), signal.SIGKILL)
@@ -63,18 +71,26 @@ async def test_accounting_10k_queries_with_instances_killed_at_random(digits_bun
     # an original answer always belongs to its own query
     for i, outcome in enumerate(outcomes):
         if not isinstance(outcome, BaseException) and not outcome.reconstructed:
-            np.testing.assert_allclose(outcome.output, expected[i % len(xs)], rtol=1e-4, atol=1e-4)
+            np.testing.assert_allclose(
+                outcome.output, expected[i % len(xs)], rtol=1e-4, atol=1e-4
+            )
     assert stats.reconstructed > 0 or stats.redispatched > 0
 
 
-async def test_two_failures_in_one_group_are_errors_never_guesses(digits_bundle: Path) -> None:
+async def test_two_failures_in_one_group_are_errors_never_guesses(
+    digits_bundle: Path,
+) -> None:
     frontend, _ = deployment(digits_bundle, "coded", m=2, query_timeout_s=1.0)
-    hang = instance_schedule(SlowdownConfig(fail_instances=(0,), fail_at_s=0.0), 0, 10, 0)
+    hang = instance_schedule(
+        SlowdownConfig(fail_instances=(0,), fail_at_s=0.0), 0, 10, 0
+    )
     xs = load_dataset("digits").test.x[:4]
     async with frontend:
         for index in (0, 1):  # both data instances hang: no group can decode
             await frontend.backend.configure(DATA, index, {"schedule": hang, "t0": 0.0})
-        results = await asyncio.gather(*(frontend.submit(x) for x in xs), return_exceptions=True)
+        results = await asyncio.gather(
+            *(frontend.submit(x) for x in xs), return_exceptions=True
+        )
         stats = frontend.statistics()
     assert all(isinstance(r, QueryTimeoutError) for r in results)
     assert stats.reconstructed == 0 and stats.timed_out == 4
@@ -98,10 +114,14 @@ async def test_twice_the_capacity_is_refused_not_queued(digits_bundle: Path) -> 
                 refused += 1
                 continue
             born = loop.time()
-            fut.add_done_callback(lambda f, born=born: latencies.append(loop.time() - born))
+            fut.add_done_callback(
+                lambda f, born=born: latencies.append(loop.time() - born)
+            )
             futures.append(fut)
         await asyncio.gather(*futures)
-    rss_growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    rss_growth_mb = (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+    ) / 1024
     assert refused > 1000  # about half the offered load
     # a queue of at most 40 at 400/s: accepted queries wait about 0.1 s, not seconds
     assert np.percentile(latencies, 99) < 0.5

@@ -6,7 +6,6 @@ import asyncio
 
 import numpy as np
 import pytest
-import torch
 
 from fakes import FakeBackend
 from learncc.codes import CodeConfig, make_code
@@ -31,11 +30,15 @@ def coding(k: int = K) -> Coding:
     return Coding(enc, dec, fill, W @ fill)
 
 
-def make(delay, *, k: int = K, data: int = 4, parity: int = 2, coded: bool = True,
-         **kw) -> tuple[Frontend, FakeBackend]:  # fmt: skip
-    backend = FakeBackend(W, data_instances=data, parity_instances=parity if coded else 0,
-                          delay_s=delay)  # fmt: skip
-    frontend = Frontend(backend, input_shape=(IN,), coding=coding(k) if coded else None, **kw)
+def make(
+    delay, *, k: int = K, data: int = 4, parity: int = 2, coded: bool = True, **kw
+) -> tuple[Frontend, FakeBackend]:
+    backend = FakeBackend(
+        W, data_instances=data, parity_instances=parity if coded else 0, delay_s=delay
+    )
+    frontend = Frontend(
+        backend, input_shape=(IN,), coding=coding(k) if coded else None, **kw
+    )
     return frontend, backend
 
 
@@ -61,7 +64,9 @@ async def test_all_fast_gives_real_answers_in_order() -> None:
 
 async def test_straggler_is_reconstructed_exactly_and_flagged() -> None:
     # query 1 (second member of the first group) takes 10 s; the rest 1 ms
-    frontend, _ = make(lambda role, i, tag: 10.0 if (role, tag) == ("data", 1) else 0.001)
+    frontend, _ = make(
+        lambda role, i, tag: 10.0 if (role, tag) == ("data", 1) else 0.001
+    )
     async with frontend:
         xs = queries(2)
         loop = asyncio.get_running_loop()
@@ -76,7 +81,9 @@ async def test_straggler_is_reconstructed_exactly_and_flagged() -> None:
 
 
 async def test_late_original_is_withdrawn_after_reconstruction() -> None:
-    frontend, backend = make(lambda role, i, tag: 0.05 if (role, tag) == ("data", 0) else 0.001)
+    frontend, backend = make(
+        lambda role, i, tag: 0.05 if (role, tag) == ("data", 0) else 0.001
+    )
     async with frontend:
         answers = await asyncio.gather(*(frontend.infer(x) for x in queries(2)))
         await asyncio.sleep(0.1)  # the original would have arrived by now
@@ -87,8 +94,9 @@ async def test_late_original_is_withdrawn_after_reconstruction() -> None:
 
 async def test_partial_group_is_flushed_with_the_fill_query() -> None:
     # one query alone: after the flush timeout its parity is F(x) + F(fill)
-    frontend, backend = make(lambda role, i, tag: None if role == "data" else 0.001,
-                             flush_timeout_s=0.01)  # fmt: skip
+    frontend, backend = make(
+        lambda role, i, tag: None if role == "data" else 0.001, flush_timeout_s=0.01
+    )
     async with frontend:
         x = queries(1)[0]
         answer = await frontend.infer(x)
@@ -98,11 +106,13 @@ async def test_partial_group_is_flushed_with_the_fill_query() -> None:
 
 async def test_two_stragglers_with_r1_time_out_never_guess() -> None:
     slow = {("data", 0), ("data", 1)}
-    frontend, _ = make(lambda role, i, tag: None if (role, tag) in slow else 0.001,
-                       query_timeout_s=0.2)  # fmt: skip
+    frontend, _ = make(
+        lambda role, i, tag: None if (role, tag) in slow else 0.001, query_timeout_s=0.2
+    )
     async with frontend:
-        results = await asyncio.gather(*(frontend.infer(x) for x in queries(2)),
-                                       return_exceptions=True)  # fmt: skip
+        results = await asyncio.gather(
+            *(frontend.infer(x) for x in queries(2)), return_exceptions=True
+        )
     assert all(isinstance(r, QueryTimeoutError) for r in results)
     assert "got no answer within 0.2 s" in str(results[0])
     stats = frontend.statistics()
@@ -111,8 +121,9 @@ async def test_two_stragglers_with_r1_time_out_never_guess() -> None:
 
 async def test_dead_instance_queries_are_redispatched() -> None:
     # instance 0 never answers; when it dies its queries go elsewhere
-    frontend, backend = make(lambda role, i, tag: None if (role, i) == ("data", 0) else 0.001,
-                             coded=False)  # fmt: skip
+    frontend, backend = make(
+        lambda role, i, tag: None if (role, i) == ("data", 0) else 0.001, coded=False
+    )
     async with frontend:
         futures = [frontend.submit(x) for x in queries(8)]
         await asyncio.sleep(0.05)
@@ -138,7 +149,7 @@ async def test_accounting_every_query_answered_exactly_once() -> None:
     delays = rng.choice([0.001, 0.02, None], size=4000, p=[0.9, 0.08, 0.02])
     frontend, _ = make(lambda role, i, tag: delays[tag % 4000], query_timeout_s=0.3)
     async with frontend:
-        futures = [frontend.submit(x) for x in queries(1)*2000]
+        futures = [frontend.submit(x) for x in queries(1) * 2000]
         results = await asyncio.gather(*futures, return_exceptions=True)
     stats = frontend.statistics()
     answered = sum(not isinstance(r, BaseException) for r in results)
@@ -162,7 +173,10 @@ async def test_close_fails_pending_queries() -> None:
 @pytest.mark.parametrize(
     ("x", "match"),
     [
-        (np.zeros(5, np.float32), r"shape \(5,\) does not match the model's input \(6,\)"),
+        (
+            np.zeros(5, np.float32),
+            r"shape \(5,\) does not match the model's input \(6,\)",
+        ),
         (np.array(["a"] * 6), "not numeric"),
         (np.full(6, np.nan, np.float32), "NaN or infinity"),
         ([0.0] * 6, "must be a NumPy array"),
@@ -211,16 +225,21 @@ async def test_deadline_gives_the_default_answer_or_a_timeout() -> None:
 
 
 def uncoded(delay, *, data: int = 4, **kw) -> tuple[Frontend, FakeBackend]:
-    backend = FakeBackend(W, data_instances=data, delay_s=delay,
-                          backup_instances=kw.pop("backup", 0),
-                          backup_weights=kw.pop("backup_weights", None))  # fmt: skip
+    backend = FakeBackend(
+        W,
+        data_instances=data,
+        delay_s=delay,
+        backup_instances=kw.pop("backup", 0),
+        backup_weights=kw.pop("backup_weights", None),
+    )
     return Frontend(backend, input_shape=(IN,), **kw), backend
 
 
 async def test_replicate_sends_twice_first_answer_wins_loser_cancelled() -> None:
     # instance 0 is slow: every query with a copy on it is answered by the other
-    frontend, backend = uncoded(lambda role, i, tag: 1.0 if i == 0 else 0.001,
-                                redundancy="replicate")  # fmt: skip
+    frontend, backend = uncoded(
+        lambda role, i, tag: 1.0 if i == 0 else 0.001, redundancy="replicate"
+    )
     async with frontend:
         answers = await asyncio.gather(*(frontend.infer(x) for x in queries(6)))
         await asyncio.sleep(0.01)
@@ -237,12 +256,18 @@ async def test_replicate_sends_twice_first_answer_wins_loser_cancelled() -> None
 async def test_hedge_duplicates_only_after_the_running_p95() -> None:
     slow_tags = set(range(300, 320))
     frontend, backend = uncoded(
-        lambda role, i, tag: 0.5 if tag in slow_tags and len(backend.sent) <= 1000 and
-        [t for r, j, t in backend.sent].count(tag) == 1 else 0.002,
-        redundancy="hedge", data=4,
-    )  # fmt: skip
+        lambda role, i, tag: (
+            0.5
+            if tag in slow_tags
+            and len(backend.sent) <= 1000
+            and [t for r, j, t in backend.sent].count(tag) == 1
+            else 0.002
+        ),
+        redundancy="hedge",
+        data=4,
+    )
     async with frontend:
-        for batch in range(4):  # 400 fast-ish queries to learn the p95
+        for _ in range(4):  # 400 fast-ish queries to learn the p95
             await asyncio.gather(*(frontend.infer(x) for x in queries(100)))
         stats = frontend.statistics()
     # only the 20 stragglers were hedged, each answered by its second copy quickly
@@ -254,8 +279,12 @@ async def test_cheap_backup_answers_when_the_original_is_late() -> None:
     backup = np.zeros_like(W)
     frontend, backend = uncoded(
         lambda role, i, tag: 0.002 if role == "backup" or tag < 200 else 1.0,
-        backup=1, backup_weights=backup, redundancy="cheap", data=2, query_timeout_s=5,
-    )  # fmt: skip
+        backup=1,
+        backup_weights=backup,
+        redundancy="cheap",
+        data=2,
+        query_timeout_s=5,
+    )
     async with frontend:
         for _ in range(2):  # learn the median from prompt originals
             await asyncio.gather(*(frontend.infer(x) for x in queries(100)))
@@ -266,8 +295,9 @@ async def test_cheap_backup_answers_when_the_original_is_late() -> None:
 
 
 async def test_shortest_queue_avoids_the_backed_up_instance() -> None:
-    frontend, backend = uncoded(lambda role, i, tag: 0.2 if i == 0 else 0.001,
-                                policy="shortest-queue", data=3)  # fmt: skip
+    frontend, backend = uncoded(
+        lambda role, i, tag: 0.2 if i == 0 else 0.001, policy="shortest-queue", data=3
+    )
     async with frontend:
         first = frontend.submit(queries(1)[0])  # goes to instance 0 and sticks there
         for x in queries(20):
@@ -323,8 +353,9 @@ async def test_batches_align_parity_with_query_positions_like_parm() -> None:
 
 
 async def test_partial_batches_are_sent_at_the_flush_timeout() -> None:
-    frontend, backend = make(lambda role, i, tag: 0.001, coded=False, batch_size=4,
-                             flush_timeout_s=0.02)  # fmt: skip
+    frontend, backend = make(
+        lambda role, i, tag: 0.001, coded=False, batch_size=4, flush_timeout_s=0.02
+    )
     async with frontend:
         answers = await asyncio.gather(*(frontend.submit(x) for x in queries(6)))
     data = [i for role, i, tag in backend.sent]

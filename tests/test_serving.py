@@ -25,11 +25,15 @@ def digits_inputs(n: int) -> np.ndarray:
 
 
 async def hang(frontend, role: str, index: int) -> None:
-    spec = instance_schedule(SlowdownConfig(fail_instances=(0,), fail_at_s=0.0), 0, 10, 0)
+    spec = instance_schedule(
+        SlowdownConfig(fail_instances=(0,), fail_at_s=0.0), 0, 10, 0
+    )
     await frontend.backend.configure(role, index, {"schedule": spec, "t0": 0.0})
 
 
-async def test_coded_answers_match_f_and_reconstruction_matches_decoder(digits_bundle: Path) -> None:
+async def test_coded_answers_match_f_and_reconstruction_matches_decoder(
+    digits_bundle: Path,
+) -> None:
     bundle = load_bundle(digits_bundle)
     frontend, shape = deployment(digits_bundle, "coded", m=2, flush_timeout_s=1.0)
     assert (shape.data_instances, shape.parity_instances) == (2, 1)
@@ -55,7 +59,9 @@ async def test_coded_answers_match_f_and_reconstruction_matches_decoder(digits_b
     assert stats.reconstructed == 4 and stats.pending == 0
 
 
-async def test_sigkilled_instance_under_load_loses_no_query(digits_bundle: Path) -> None:
+async def test_sigkilled_instance_under_load_loses_no_query(
+    digits_bundle: Path,
+) -> None:
     frontend, _ = deployment(digits_bundle, "coded", m=2, service_ms=5.0)
     xs = digits_inputs(50)
     async with frontend:
@@ -84,7 +90,10 @@ async def test_crash_mode_instance_exits_and_queries_move(digits_bundle: Path) -
     xs = digits_inputs(20)
     async with frontend:
         spec = instance_schedule(
-            SlowdownConfig(fail_instances=(0,), fail_at_s=0.0, fail_mode="crash"), 0, 10, 0
+            SlowdownConfig(fail_instances=(0,), fail_at_s=0.0, fail_mode="crash"),
+            0,
+            10,
+            0,
         )
         await frontend.backend.configure(DATA, 0, {"schedule": spec, "t0": 0.0})
         answers = await asyncio.gather(*(frontend.infer(x) for x in xs))
@@ -92,7 +101,9 @@ async def test_crash_mode_instance_exits_and_queries_move(digits_bundle: Path) -
     assert len(answers) == 20 and frontend.statistics().redispatched >= 1
 
 
-async def test_instance_that_cannot_load_fails_start_with_its_message(tmp_path: Path, digits_bundle: Path) -> None:
+async def test_instance_that_cannot_load_fails_start_with_its_message(
+    tmp_path: Path, digits_bundle: Path
+) -> None:
     import shutil
 
     broken = tmp_path / "broken"

@@ -39,9 +39,16 @@ HANG_DATA_0 = {"slowdown": "fail-one", "slowdown_overrides": {"fail_at_s": 0.0}}
 def run(mode: str, arrivals_s: Any, **changes: Any) -> Any:
     """One mode on explicit arrivals: m=2, k=2, 5 ms per batch, no slowdown."""
     base: dict[str, Any] = dict(
-        modes=(mode,), m=2, k=2, rate_qps=100, duration_s=1.0, warmup_s=0.0,
-        service=Deterministic(5.0), slowdown="none", flush_timeout_s=1.0,
-    )  # fmt: skip
+        modes=(mode,),
+        m=2,
+        k=2,
+        rate_qps=100,
+        duration_s=1.0,
+        warmup_s=0.0,
+        service=Deterministic(5.0),
+        slowdown="none",
+        flush_timeout_s=1.0,
+    )
     base.update(changes)
     return simulate_mode(SimConfig(**base), mode, arrivals_s=np.asarray(arrivals_s))
 
@@ -49,8 +56,9 @@ def run(mode: str, arrivals_s: Any, **changes: Any) -> Any:
 # -- the dispatch policy shared with the frontend ------------------------------
 
 
-def frontend_pick(n: int, start: int, alive: list[bool], avoid: set[int],
-                  among: range | None) -> int:  # fmt: skip
+def frontend_pick(
+    n: int, start: int, alive: list[bool], avoid: set[int], among: range | None
+) -> int:
     """The frontend's original _pick, written out as the reference. (It wrote
     ``among or range(n)``, which reads an empty ``among`` as all instances;
     the frontend never passes one, as it has >= r parity instances.)"""
@@ -94,8 +102,10 @@ def test_pick_instance_skips_group_members_then_falls_back() -> None:
 
 def test_plan_sizes_the_baselines_at_their_resources() -> None:
     sizes = {mode: plan(mode, m=8, k=4, r=1) for mode in ALL_MODES}
-    got = {m: (d.data_instances, d.parity_instances, d.backup_instances, d.instances)
-           for m, d in sizes.items()}  # fmt: skip
+    got = {
+        m: (d.data_instances, d.parity_instances, d.backup_instances, d.instances)
+        for m, d in sizes.items()
+    }
     assert got == {
         "none": (8, 0, 0, 8),
         "equal": (10, 0, 0, 10),
@@ -140,8 +150,12 @@ def test_partial_group_is_flushed_with_a_fill_query() -> None:
 
 
 def test_crashed_instance_queries_are_dispatched_again() -> None:
-    result = run("coded", np.arange(8) * 0.001, slowdown="crash-one",
-                 slowdown_overrides={"fail_at_s": 0.0})  # fmt: skip
+    result = run(
+        "coded",
+        np.arange(8) * 0.001,
+        slowdown="crash-one",
+        slowdown_overrides={"fail_at_s": 0.0},
+    )
     # q0 is lost with data/0 and sent to data/1; q1 then shares data/1 but is
     # rebuilt at 6 ms from q0 and the parity; later queries all queue on data/1.
     np.testing.assert_allclose(result.latencies_ms[:4], [5, 5, 13, 12])
@@ -173,8 +187,16 @@ def test_hedging_sends_copies_after_the_running_p95_and_cuts_the_tail() -> None:
     # 1% of batches take 10x; with more than 5% of queries slowed (slow batches
     # plus those queued behind them) the p95 itself is slow and hedges come late
     service = Bimodal(4.0, 40.0, 0.01)
-    cfg = SimConfig(modes=("equal", "hedge"), m=8, k=2, rate_qps=800, duration_s=20,
-                    warmup_s=2, service=service, slowdown="none")  # fmt: skip
+    cfg = SimConfig(
+        modes=("equal", "hedge"),
+        m=8,
+        k=2,
+        rate_qps=800,
+        duration_s=20,
+        warmup_s=2,
+        service=service,
+        slowdown="none",
+    )
     results = simulate(cfg)
     hedge, equal = results["hedge"], results["equal"]
     assert hedge.instances == equal.instances == 12
@@ -185,8 +207,15 @@ def test_hedging_sends_copies_after_the_running_p95_and_cuts_the_tail() -> None:
 
 
 def test_coding_cuts_the_tail_under_slow_episodes() -> None:
-    cfg = SimConfig(modes=("coded", "equal"), m=8, k=2, rate_qps=800, duration_s=20,
-                    warmup_s=2, slowdown="episodes")  # fmt: skip
+    cfg = SimConfig(
+        modes=("coded", "equal"),
+        m=8,
+        k=2,
+        rate_qps=800,
+        duration_s=20,
+        warmup_s=2,
+        slowdown="episodes",
+    )
     results = simulate(cfg)
     coded, equal = results["coded"], results["equal"]
     assert coded.instances == equal.instances == 12
@@ -203,8 +232,9 @@ def test_simulation_is_reproducible_and_seeded() -> None:
     cfg = SimConfig(modes=("coded",), m=4, rate_qps=300, duration_s=5, warmup_s=1)
     a, b = simulate(cfg)["coded"], simulate(cfg)["coded"]
     np.testing.assert_array_equal(a.latencies_ms, b.latencies_ms)
-    other = simulate(SimConfig(modes=("coded",), m=4, rate_qps=300, duration_s=5,
-                               warmup_s=1, seed=1))["coded"]  # fmt: skip
+    other = simulate(
+        SimConfig(modes=("coded",), m=4, rate_qps=300, duration_s=5, warmup_s=1, seed=1)
+    )["coded"]
     assert a.n != other.n
 
 
@@ -237,9 +267,16 @@ def test_mm1_waiting_time_matches_closed_forms(
     rho: float, duration_s: float, seed: int
 ) -> None:
     mu, lam = 1000.0, rho * 1000.0  # per second: 1 ms mean service
-    cfg = SimConfig(modes=("none",), m=1, rate_qps=lam, duration_s=duration_s,
-                    warmup_s=10, service=Exponential(1.0), slowdown="none",
-                    seed=seed)  # fmt: skip
+    cfg = SimConfig(
+        modes=("none",),
+        m=1,
+        rate_qps=lam,
+        duration_s=duration_s,
+        warmup_s=10,
+        service=Exponential(1.0),
+        slowdown="none",
+        seed=seed,
+    )
     result = simulate_mode(cfg, "none", record_waits=True)
     waits = result.waits_ms
     assert waits is not None and len(waits) == result.n
@@ -288,10 +325,14 @@ def test_lognormal_and_bimodal_means() -> None:
 
 def write_service_times(path: Path) -> Path:
     # the shape `learncc bench` writes: mode -> "role/index" -> per-batch ms
-    path.write_text(json.dumps({
-        "coded": {"data/0": [2.0, 2.0], "data/1": [4.0], "parity/0": [3.0]},
-        "equal": {"data/0": [7.0]},
-    }))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "coded": {"data/0": [2.0, 2.0], "data/1": [4.0], "parity/0": [3.0]},
+                "equal": {"data/0": [7.0]},
+            }
+        )
+    )
     return path
 
 
@@ -319,14 +360,31 @@ def test_measured_service_times_replay_per_instance(tmp_path: Path) -> None:
 def test_from_bench_copies_the_real_run_settings() -> None:
     from learncc.bench.run import BenchConfig
 
-    bench = BenchConfig(modes=("coded", "equal"), rate_qps=200, duration_s=5,
-                        warmup_s=1, slowdown="episodes", m=4, service_ms=5,
-                        seed=7)  # fmt: skip
+    bench = BenchConfig(
+        modes=("coded", "equal"),
+        rate_qps=200,
+        duration_s=5,
+        warmup_s=1,
+        slowdown="episodes",
+        m=4,
+        service_ms=5,
+        seed=7,
+    )
     cfg = from_bench(bench, k=2, r=1, overhead_ms=0.5)
     assert (cfg.modes, cfg.m, cfg.k, cfg.rate_qps, cfg.duration_s, cfg.warmup_s) == (
-        ("coded", "equal"), 4, 2, 200, 5, 1)  # fmt: skip
+        ("coded", "equal"),
+        4,
+        2,
+        200,
+        5,
+        1,
+    )
     assert (cfg.service, cfg.slowdown, cfg.seed, cfg.overhead_ms) == (
-        Deterministic(5.0), "episodes", 7, 0.5)  # fmt: skip
+        Deterministic(5.0),
+        "episodes",
+        7,
+        0.5,
+    )
 
 
 def test_config_errors_name_the_parameter() -> None:
@@ -345,11 +403,29 @@ def test_config_errors_name_the_parameter() -> None:
 
 def test_cli_single_run_writes_bench_shaped_results(tmp_path: Path) -> None:
     out = tmp_path / "sim"
-    res = CliRunner().invoke(app, [
-        "simulate", "--instances", "4", "--k", "2", "--rate", "300",
-        "--duration", "4", "--warmup", "1", "--modes", "coded,equal,hedge",
-        "--service", "exponential:mean_ms=5", "--out", str(out), "-q",
-    ])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        [
+            "simulate",
+            "--instances",
+            "4",
+            "--k",
+            "2",
+            "--rate",
+            "300",
+            "--duration",
+            "4",
+            "--warmup",
+            "1",
+            "--modes",
+            "coded,equal,hedge",
+            "--service",
+            "exponential:mean_ms=5",
+            "--out",
+            str(out),
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     report = json.loads((out / "results.json").read_text())
     assert set(report["latency_ms"]) == {"coded", "equal", "hedge"}
@@ -365,7 +441,9 @@ def test_cli_single_run_writes_bench_shaped_results(tmp_path: Path) -> None:
     ):
         assert key in coded
     assert coded["instances"] == 6 and report["sim"]["service"] == {
-        "name": "exponential", "mean_ms": 5.0}  # fmt: skip
+        "name": "exponential",
+        "mean_ms": 5.0,
+    }
     assert (out / "latency_cdf.png").stat().st_size > 0
 
 
@@ -383,8 +461,12 @@ def test_cli_sweeps_from_a_toml_config(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     report = json.loads((out / "results.json").read_text())
     points = [run["point"] for run in report["runs"]]
-    assert points == [{"rate_qps": 200, "k": 2}, {"rate_qps": 200, "k": 4},
-                      {"rate_qps": 600, "k": 2}, {"rate_qps": 600, "k": 4}]  # fmt: skip
+    assert points == [
+        {"rate_qps": 200, "k": 2},
+        {"rate_qps": 200, "k": 4},
+        {"rate_qps": 600, "k": 2},
+        {"rate_qps": 600, "k": 4},
+    ]
     assert [run["latency_ms"]["coded"]["instances"] for run in report["runs"]] == [
         12,
         10,
@@ -422,9 +504,16 @@ def test_simulator_matches_a_real_comparison(digits_bundle: Path) -> None:
     """
     from learncc.bench.run import BenchConfig, run_comparison
 
-    bench = BenchConfig(modes=("coded", "equal"), rate_qps=200, duration_s=5,
-                        warmup_s=1, slowdown="episodes", m=4, service_ms=5,
-                        seed=0)  # fmt: skip
+    bench = BenchConfig(
+        modes=("coded", "equal"),
+        rate_qps=200,
+        duration_s=5,
+        warmup_s=1,
+        slowdown="episodes",
+        m=4,
+        service_ms=5,
+        seed=0,
+    )
     real = run_comparison(digits_bundle, bench, progress=False)
     overhead_ms = max(0.0, real["equal"].p50 - bench.service_ms)
     sim = simulate(from_bench(bench, k=2, r=1, overhead_ms=overhead_ms))

@@ -10,7 +10,13 @@ from learncc.codes import CodeConfig, make_code
 from learncc.data import load_dataset
 from learncc.errors import ConfigError
 from learncc.models import Normalized, build_model
-from learncc.training import TrainConfig, evaluate_code, overall_accuracy, train_classifier, train_parity
+from learncc.training import (
+    TrainConfig,
+    evaluate_code,
+    overall_accuracy,
+    train_classifier,
+    train_parity,
+)
 from learncc.training.evaluate import erasure_patterns, make_groups
 
 
@@ -21,16 +27,22 @@ def digits():
 
 @pytest.fixture(scope="module")
 def base(digits):
-    model = Normalized(build_model("mlp", input_shape=digits.input_shape, num_classes=10),
-                       **digits.normalization())  # fmt: skip
-    model, metrics = train_classifier(model, digits, TrainConfig(epochs=8), progress=False)
+    model = Normalized(
+        build_model("mlp", input_shape=digits.input_shape, num_classes=10),
+        **digits.normalization(),
+    )
+    model, metrics = train_classifier(
+        model, digits, TrainConfig(epochs=8), progress=False
+    )
     assert metrics["val_top1"] > 0.85
     return model
 
 
 def new_parity(digits, base):
-    p = Normalized(build_model("mlp", input_shape=digits.input_shape, num_classes=10),
-                   **digits.normalization())  # fmt: skip
+    p = Normalized(
+        build_model("mlp", input_shape=digits.input_shape, num_classes=10),
+        **digits.normalization(),
+    )
     p.load_state_dict(base.state_dict())
     return p
 
@@ -39,14 +51,21 @@ def test_parity_training_beats_the_untrained_parity_model(digits, base) -> None:
     enc, dec = make_code(CodeConfig(k=2, encoder="concat"), digits.input_shape)
     parity = new_parity(digits, base)
     before = evaluate_code(base, [parity], enc, dec, digits.test)["degraded_top1"]
-    train_parity(base, enc, dec, [parity], digits, TrainConfig(epochs=30), progress=False)
+    train_parity(
+        base, enc, dec, [parity], digits, TrainConfig(epochs=30), progress=False
+    )
     after = evaluate_code(base, [parity], enc, dec, digits.test)
     assert after["degraded_top1"] > before + 0.2
     assert after["degraded_top1"] > 0.6
-    assert 0 <= after["reconstruction_top1"] <= 1 and after["degraded_top5"] >= after["degraded_top1"]
+    assert (
+        0 <= after["reconstruction_top1"] <= 1
+        and after["degraded_top5"] >= after["degraded_top1"]
+    )
 
 
-def test_checkpoint_resume_continues_to_the_same_weights(digits, base, tmp_path: Path) -> None:
+def test_checkpoint_resume_continues_to_the_same_weights(
+    digits, base, tmp_path: Path
+) -> None:
     enc, dec = make_code(CodeConfig(k=2, encoder="addition"), digits.input_shape)
     full = new_parity(digits, base)
     cfg = TrainConfig(epochs=4, augment=False)
@@ -70,14 +89,34 @@ def test_checkpoint_resume_continues_to_the_same_weights(digits, base, tmp_path:
     parity_mod.evaluate_code = crash_after_two
     try:
         with pytest.raises(KeyboardInterrupt):
-            train_parity(base, enc, dec, [part], digits, short, checkpoint_dir=ckpt, progress=False)
+            train_parity(
+                base,
+                enc,
+                dec,
+                [part],
+                digits,
+                short,
+                checkpoint_dir=ckpt,
+                progress=False,
+            )
     finally:
         parity_mod.evaluate_code = real_eval
     resumed = new_parity(digits, base)
-    metrics = train_parity(base, enc, dec, [resumed], digits, short, checkpoint_dir=ckpt,
-                           resume=True, progress=False)  # fmt: skip
+    metrics = train_parity(
+        base,
+        enc,
+        dec,
+        [resumed],
+        digits,
+        short,
+        checkpoint_dir=ckpt,
+        resume=True,
+        progress=False,
+    )
     assert metrics["epochs_run"] == 2
-    for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
+    for a, b in zip(
+        full.state_dict().values(), resumed.state_dict().values(), strict=True
+    ):
         assert torch.allclose(a, b, atol=1e-5)
 
 

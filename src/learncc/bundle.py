@@ -75,9 +75,12 @@ class Bundle:
 
 
 def model_spec(
-    name: str, options: dict[str, Any], input_shape: tuple[int, ...], num_classes: int,
+    name: str,
+    options: dict[str, Any],
+    input_shape: tuple[int, ...],
+    num_classes: int,
     normalization: dict[str, float],
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     return {
         "model": name,
         "options": options,
@@ -203,16 +206,26 @@ def load_bundle(path: str | Path) -> Bundle:
     tensors = _read_tensors(path / PARITY)
     for j, model in enumerate(parity):
         prefix = f"{j}."
-        _load_state(model, {k[len(prefix):]: v for k, v in tensors.items()
-                            if k.startswith(prefix)}, f"parity model {j}")  # fmt: skip
+        _load_state(
+            model,
+            {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)},
+            f"parity model {j}",
+        )
     if backup is not None:
         _load_state(backup, _read_tensors(path / BACKUP), "backup model")
         backup.eval()
     code_tensors = _read_tensors(path / CODE)
     for name, module in (("encoder", encoder), ("decoder", decoder)):
         prefix = f"{name}."
-        _load_state(module, {k[len(prefix):]: v for k, v in code_tensors.items()
-                             if k.startswith(prefix)}, name)  # fmt: skip
+        _load_state(
+            module,
+            {
+                k[len(prefix) :]: v
+                for k, v in code_tensors.items()
+                if k.startswith(prefix)
+            },
+            name,
+        )
     if "fill.input" not in code_tensors or "fill.output" not in code_tensors:
         raise BundleError(f"{path / CODE} lacks the fill query")
     for m in (base, *parity, encoder, decoder):

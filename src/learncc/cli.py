@@ -26,12 +26,15 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Learning-based coded computation: train, evaluate, serve and benchmark parity models.",
+    help="Learning-based coded computation: train, evaluate, serve and benchmark "
+    "parity models.",
 )
 console = Console(stderr=False)
 logger = logging.getLogger("learncc.cli")
 
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info logs.")]
+Quiet = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bars or info logs.")
+]
 
 
 def _serving_threads() -> None:
@@ -63,8 +66,10 @@ def accuracy_table(metrics: dict[str, Any], title: str) -> Table:
         ("degraded (reconstructed vs true label)", metrics["degraded_top1"]),
         ("reconstruction (vs F's prediction)", metrics["reconstruction_top1"]),
     ]
-    rows += [(f"overall, {float(f):.0%} unavailable", v)
-             for f, v in metrics["overall_top1_at_unavailability"].items()]  # fmt: skip
+    rows += [
+        (f"overall, {float(f):.0%} unavailable", v)
+        for f, v in metrics["overall_top1_at_unavailability"].items()
+    ]
     for name, value in rows:
         table.add_row(name, f"{100 * float(value):.2f}%")
     return table
@@ -72,12 +77,29 @@ def accuracy_table(metrics: dict[str, Any], title: str) -> Table:
 
 def latency_table(latency: dict[str, dict[str, Any]], title: str) -> Table:
     table = Table(title=title)
-    for col in ("mode", "p50 ms", "p99 ms", "p99.9 ms", "n", "reconstructed", "errors", "served top-1"):
+    for col in (
+        "mode",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "n",
+        "reconstructed",
+        "errors",
+        "served top-1",
+    ):
         table.add_column(col, justify="left" if col == "mode" else "right")
     for mode, r in latency.items():
         top1 = "-" if r.get("top1") is None else f"{100 * r['top1']:.2f}%"
-        table.add_row(mode, f"{r['p50']:.2f}", f"{r['p99']:.2f}", f"{r['p999']:.2f}",
-                      str(r["n"]), str(r["reconstructed"]), str(r["errors"]), top1)  # fmt: skip
+        table.add_row(
+            mode,
+            f"{r['p50']:.2f}",
+            f"{r['p99']:.2f}",
+            f"{r['p999']:.2f}",
+            str(r["n"]),
+            str(r["reconstructed"]),
+            str(r["errors"]),
+            top1,
+        )
     return table
 
 
@@ -102,7 +124,9 @@ def _widths(value: str) -> tuple[int, ...] | None:
     try:
         widths = tuple(int(v) for v in _csv(value))
     except ValueError:
-        raise ConfigError(f"--backup-hidden takes comma-separated integers or 'none', got {value!r}") from None
+        raise ConfigError(
+            f"--backup-hidden takes comma-separated integers or 'none', got {value!r}"
+        ) from None
     if not widths or min(widths) < 1:
         raise ConfigError(f"--backup-hidden needs positive widths, got {value!r}")
     return widths
@@ -110,16 +134,27 @@ def _widths(value: str) -> tuple[int, ...] | None:
 
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    path.write_bytes(
+        orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    )
 
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Directory for results.json, the plot and the bundle.")] = Path("runs/demo"),
-    quick: Annotated[bool, typer.Option(help="Short training and load (under 90 s), for smoke checks.")] = False,
+    out: Annotated[
+        Path, typer.Option(help="Directory for results.json, the plot and the bundle.")
+    ] = Path("runs/demo"),
+    quick: Annotated[
+        bool,
+        typer.Option(help="Short training and load (under 90 s), for smoke checks."),
+    ] = False,
     rate: Annotated[float, typer.Option(help="Offered load, queries/s.")] = 300.0,
-    duration: Annotated[float | None, typer.Option(help="Seconds of load per mode.")] = None,
-    slowdown: Annotated[str, typer.Option(help="Slowdown condition (see `learncc bench --help`).")] = "episodes",
+    duration: Annotated[
+        float | None, typer.Option(help="Seconds of load per mode.")
+    ] = None,
+    slowdown: Annotated[
+        str, typer.Option(help="Slowdown condition (see `learncc bench --help`).")
+    ] = "episodes",
     seed: int = 0,
     quiet: Quiet = False,
 ) -> None:
@@ -136,43 +171,79 @@ def demo(
     _setup_logging(quiet)
     started = time.perf_counter()
     duration = duration if duration is not None else (8.0 if quick else 30.0)
-    bench_cfg = BenchConfig(modes=("coded", "equal"), rate_qps=rate, duration_s=duration,
-                            warmup_s=min(3.0, duration / 4), slowdown=slowdown, seed=seed)  # fmt: skip
+    bench_cfg = BenchConfig(
+        modes=("coded", "equal"),
+        rate_qps=rate,
+        duration_s=duration,
+        warmup_s=min(3.0, duration / 4),
+        slowdown=slowdown,
+        seed=seed,
+    )
     data = load_dataset("mnist5k", seed=seed)
-    console.print(f"[bold]1/3[/] training on mnist5k ({len(data.train)} train, "
-                  f"{len(data.val)} val, {len(data.test)} test real MNIST digits)")  # fmt: skip
+    console.print(
+        f"[bold]1/3[/] training on mnist5k ({len(data.train)} train, "
+        f"{len(data.val)} val, {len(data.test)} test real MNIST digits)"
+    )
     bundle = train_bundle(
-        data, CodeConfig(k=2, r=1, encoder="concat", decoder="subtraction"),
+        data,
+        CodeConfig(k=2, r=1, encoder="concat", decoder="subtraction"),
         base_cfg=TrainConfig(epochs=8 if quick else 60, seed=seed),
         parity_cfg=TrainConfig(epochs=8 if quick else 150, seed=seed),
-        out=out / "bundle", progress=not quiet,
-    )  # fmt: skip
+        out=out / "bundle",
+        progress=not quiet,
+    )
     accuracy = accuracy_summary(bundle.manifest["metrics"])
-    console.print(accuracy_table(accuracy, "degraded-mode accuracy (mnist5k test, MLP, k=2, concat)"))
+    console.print(
+        accuracy_table(
+            accuracy, "degraded-mode accuracy (mnist5k test, MLP, k=2, concat)"
+        )
+    )
 
-    console.print(f"[bold]2/3[/] serving: coded (4 data + 2 parity instances) vs equal "
-                  f"resources (6 data instances), {rate:g} queries/s for {duration:g} s each, "
-                  f"slowdown {slowdown!r}")  # fmt: skip
+    console.print(
+        f"[bold]2/3[/] serving: coded (4 data + 2 parity instances) vs equal "
+        f"resources (6 data instances), {rate:g} queries/s for {duration:g} s each, "
+        f"slowdown {slowdown!r}"
+    )
     _serving_threads()
     results = run_comparison(out / "bundle", bench_cfg, progress=not quiet)
     latency = summary(results)
     console.print(latency_table(latency, "latency (ms), same arrivals and slowdowns"))
 
-    plot = latency_cdf({m: r.latencies_ms for m, r in results.items()}, out / "latency_cdf.png",
-                       title=f"mnist5k MLP, k=2, {rate:g} q/s, slowdown {slowdown}")  # fmt: skip
-    report = {"accuracy": accuracy, "latency_ms": latency, "bench": bench_cfg.to_dict(),
-              "bundle": str(out / "bundle"), "elapsed_s": time.perf_counter() - started}  # fmt: skip
+    plot = latency_cdf(
+        {m: r.latencies_ms for m, r in results.items()},
+        out / "latency_cdf.png",
+        title=f"mnist5k MLP, k=2, {rate:g} q/s, slowdown {slowdown}",
+    )
+    report = {
+        "accuracy": accuracy,
+        "latency_ms": latency,
+        "bench": bench_cfg.to_dict(),
+        "bundle": str(out / "bundle"),
+        "elapsed_s": time.perf_counter() - started,
+    }
     _write_json(out / "results.json", report)
-    console.print(f"[bold]3/3[/] wrote {out / 'results.json'}, {plot}; bundle in {out / 'bundle'} "
-                  f"({report['elapsed_s']:.0f} s)")  # fmt: skip
+    console.print(
+        f"[bold]3/3[/] wrote {out / 'results.json'}, {plot}; "
+        f"bundle in {out / 'bundle'} "
+        f"({report['elapsed_s']:.0f} s)"
+    )
 
 
 @app.command()
 def train(
     out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
-    dataset: Annotated[str, typer.Option(help="mnist5k, digits, mnist, fashion-mnist, cifar10, cifar100, folder.")] = "mnist5k",
-    data_dir: Annotated[Path | None, typer.Option(help="Where file-based datasets live.")] = None,
-    model: Annotated[str, typer.Option(help="mlp, lenet5, resnet18, or package.module:factory.")] = "mlp",
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="mnist5k, digits, mnist, fashion-mnist, cifar10, cifar100, folder."
+        ),
+    ] = "mnist5k",
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where file-based datasets live.")
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="mlp, lenet5, resnet18, or package.module:factory.")
+    ] = "mlp",
     k: Annotated[int, typer.Option(help="Data queries per coding group.")] = 2,
     r: Annotated[int, typer.Option(help="Parity queries per coding group.")] = 1,
     encoder: str = "concat",
@@ -183,8 +254,16 @@ def train(
     lr: float = 3e-3,
     augment: bool = True,
     seed: int = 0,
-    resume: Annotated[bool, typer.Option(help="Continue parity training from OUT/checkpoint.")] = False,
-    backup_hidden: Annotated[str, typer.Option(help="Hidden widths of the cheap baseline's backup MLP, e.g. 32 or 64,32; 'none' to skip.")] = "32",
+    resume: Annotated[
+        bool, typer.Option(help="Continue parity training from OUT/checkpoint.")
+    ] = False,
+    backup_hidden: Annotated[
+        str,
+        typer.Option(
+            help="Hidden widths of the cheap baseline's backup MLP, e.g. 32 or "
+            "64,32; 'none' to skip."
+        ),
+    ] = "32",
     quiet: Quiet = False,
 ) -> None:
     """Train F and its parity model(s); write a coded model bundle."""
@@ -203,13 +282,24 @@ def train(
         base_state = load_file(str(out / "checkpoint" / "base.safetensors"))
     cfg = dict(batch_size=batch_size, lr=lr, augment=augment, seed=seed)
     bundle = train_bundle(
-        data, code, model=model,
-        base_cfg=TrainConfig(epochs=epochs, **cfg), parity_cfg=TrainConfig(epochs=parity_epochs, **cfg),
-        out=out, base_state=base_state, checkpoint_dir=out / "checkpoint", resume=resume,
-        backup_hidden=_widths(backup_hidden), progress=not quiet,
-    )  # fmt: skip
-    console.print(accuracy_table(accuracy_summary(bundle.manifest["metrics"]),
-                                 f"{dataset} test, {model}, k={k}, r={r}, {encoder}/{decoder}"))  # fmt: skip
+        data,
+        code,
+        model=model,
+        base_cfg=TrainConfig(epochs=epochs, **cfg),
+        parity_cfg=TrainConfig(epochs=parity_epochs, **cfg),
+        out=out,
+        base_state=base_state,
+        checkpoint_dir=out / "checkpoint",
+        resume=resume,
+        backup_hidden=_widths(backup_hidden),
+        progress=not quiet,
+    )
+    console.print(
+        accuracy_table(
+            accuracy_summary(bundle.manifest["metrics"]),
+            f"{dataset} test, {model}, k={k}, r={r}, {encoder}/{decoder}",
+        )
+    )
     console.print(f"bundle written to {out}")
 
 
@@ -229,32 +319,76 @@ def evaluate(
     b = load_bundle(bundle)
     spec = b.manifest["data"]
     data = load_dataset(spec["name"], data_dir=data_dir, seed=int(spec["seed"]))
-    metrics = evaluate_code(b.base, b.parity, b.encoder, b.decoder, data.test, rounds=rounds)
-    console.print(accuracy_table(accuracy_summary(metrics), f"{bundle} on {spec['name']} test"))
+    metrics = evaluate_code(
+        b.base, b.parity, b.encoder, b.decoder, data.test, rounds=rounds
+    )
+    console.print(
+        accuracy_table(accuracy_summary(metrics), f"{bundle} on {spec['name']} test")
+    )
     console.print_json(json.dumps(accuracy_summary(metrics)))
 
 
 @app.command()
 def bench(
-    bundle: Annotated[Path | None, typer.Argument(help="Bundle directory (not with --config).")] = None,
-    out: Annotated[Path, typer.Option(help="Directory for results.json and the plots.")] = Path("runs/bench"),
-    config: Annotated[Path | None, typer.Option(help="A sweep config (TOML); see configs/.")] = None,
-    modes: Annotated[str, typer.Option(help="Comma-separated: coded, equal, none, hedge, replicate, cheap.")] = "coded,equal",
+    bundle: Annotated[
+        Path | None, typer.Argument(help="Bundle directory (not with --config).")
+    ] = None,
+    out: Annotated[
+        Path, typer.Option(help="Directory for results.json and the plots.")
+    ] = Path("runs/bench"),
+    config: Annotated[
+        Path | None, typer.Option(help="A sweep config (TOML); see configs/.")
+    ] = None,
+    modes: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: coded, equal, none, hedge, replicate, cheap."
+        ),
+    ] = "coded,equal",
     rate: Annotated[float, typer.Option(help="Offered load, queries/s.")] = 300.0,
     duration: Annotated[float, typer.Option(help="Seconds of load per mode.")] = 30.0,
     warmup: float = 3.0,
-    slowdown: Annotated[str, typer.Option(help="none, episodes, heavy, jitter, network, cpu-load, colocated, fail-one, crash-one.")] = "episodes",
+    slowdown: Annotated[
+        str,
+        typer.Option(
+            help="none, episodes, heavy, jitter, network, cpu-load, colocated, "
+            "fail-one, crash-one."
+        ),
+    ] = "episodes",
     m: Annotated[int, typer.Option(help="Data instances of the coded deployment.")] = 4,
-    service_ms: Annotated[float, typer.Option(help="Least service time of one batch (emulates a larger model).")] = 5.0,
-    per_item_ms: Annotated[float, typer.Option(help="Extra service time per query in a batch after the first.")] = 0.0,
-    max_batch: Annotated[int, typer.Option(help="Most queued queries an instance serves at once.")] = 1,
-    batch_size: Annotated[int, typer.Option(help="Queries the frontend sends to an instance as one batch (parity batches aligned, as in ParM).")] = 1,
-    policy: Annotated[str, typer.Option(help="round-robin, shortest-queue or shared-queue.")] = "round-robin",
-    noop: Annotated[bool, typer.Option(help="Instances return zeros without running the model.")] = False,
+    service_ms: Annotated[
+        float,
+        typer.Option(help="Least service time of one batch (emulates a larger model)."),
+    ] = 5.0,
+    per_item_ms: Annotated[
+        float,
+        typer.Option(help="Extra service time per query in a batch after the first."),
+    ] = 0.0,
+    max_batch: Annotated[
+        int, typer.Option(help="Most queued queries an instance serves at once.")
+    ] = 1,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            help="Queries the frontend sends to an instance as one batch (parity "
+            "batches aligned, as in ParM)."
+        ),
+    ] = 1,
+    policy: Annotated[
+        str, typer.Option(help="round-robin, shortest-queue or shared-queue.")
+    ] = "round-robin",
+    noop: Annotated[
+        bool, typer.Option(help="Instances return zeros without running the model.")
+    ] = False,
     seed: int = 0,
     quiet: Quiet = False,
-    backend: Annotated[str, typer.Option(help="local (processes here) or ray (Ray actors).")] = "local",
-    address: Annotated[str | None, typer.Option(help="Ray cluster to join; default: start a local one.")] = None,
+    backend: Annotated[
+        str, typer.Option(help="local (processes here) or ray (Ray actors).")
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster to join; default: start a local one."),
+    ] = None,
 ) -> None:
     """Compare serving modes at equal resources on one arrival trace and
     slowdown schedule; with --config, run a sweep."""
@@ -267,20 +401,42 @@ def bench(
         return
     if bundle is None:
         raise ConfigError("give a bundle directory, or a sweep with --config FILE")
-    cfg = BenchConfig(modes=_csv(modes), rate_qps=rate, duration_s=duration, warmup_s=warmup,
-                      slowdown=slowdown, m=m, service_ms=service_ms, per_item_ms=per_item_ms,
-                      max_batch=max_batch, batch_size=batch_size, policy=policy, noop=noop, seed=seed,
-                      backend=backend, ray_address=address)  # fmt: skip
+    cfg = BenchConfig(
+        modes=_csv(modes),
+        rate_qps=rate,
+        duration_s=duration,
+        warmup_s=warmup,
+        slowdown=slowdown,
+        m=m,
+        service_ms=service_ms,
+        per_item_ms=per_item_ms,
+        max_batch=max_batch,
+        batch_size=batch_size,
+        policy=policy,
+        noop=noop,
+        seed=seed,
+        backend=backend,
+        ray_address=address,
+    )
     _serving_threads()
     results = run_comparison(bundle, cfg, progress=not quiet)
     latency = summary(results)
-    console.print(latency_table(latency, f"latency (ms), {rate:g} q/s, slowdown {slowdown!r}"))
-    latency_cdf({k: v.latencies_ms for k, v in results.items()}, out / "latency_cdf.png",
-                title=f"{bundle.name}: {rate:g} q/s, slowdown {slowdown}")  # fmt: skip
+    console.print(
+        latency_table(latency, f"latency (ms), {rate:g} q/s, slowdown {slowdown!r}")
+    )
+    latency_cdf(
+        {k: v.latencies_ms for k, v in results.items()},
+        out / "latency_cdf.png",
+        title=f"{bundle.name}: {rate:g} q/s, slowdown {slowdown}",
+    )
     _write_json(out / "results.json", {"latency_ms": latency, "bench": cfg.to_dict()})
-    _write_json(out / "service_times.json", {k: v.service_ms for k, v in results.items()})
-    console.print(f"wrote {out / 'results.json'}, {out / 'service_times.json'} and "
-                  f"{out / 'latency_cdf.png'}")  # fmt: skip
+    _write_json(
+        out / "service_times.json", {k: v.service_ms for k, v in results.items()}
+    )
+    console.print(
+        f"wrote {out / 'results.json'}, {out / 'service_times.json'} and "
+        f"{out / 'latency_cdf.png'}"
+    )
 
 
 def _bench_sweep(config_path: Path, out: Path, quiet: bool) -> None:
@@ -296,34 +452,81 @@ def _bench_sweep(config_path: Path, out: Path, quiet: bool) -> None:
         table.add_column(col, justify="right")
     for row in result["rows"]:
         for mode, r in row["latency_ms"].items():
-            table.add_row(str(row["value"]), mode, f"{r['p50']:.2f}", f"{r['p99']:.2f}",
-                          f"{r['p999']:.2f}", str(r["n"]), str(r["reconstructed"]))  # fmt: skip
+            table.add_row(
+                str(row["value"]),
+                mode,
+                f"{r['p50']:.2f}",
+                f"{r['p99']:.2f}",
+                f"{r['p999']:.2f}",
+                str(r["n"]),
+                str(r["reconstructed"]),
+            )
     console.print(table)
     _write_json(out / "results.json", result)
-    plot = plot_sweep(result, out / "sweep.png", title=f"{config_path.stem}: latency vs {param}")
+    plot = plot_sweep(
+        result, out / "sweep.png", title=f"{config_path.stem}: latency vs {param}"
+    )
     console.print(f"wrote {out / 'results.json'} and {plot}")
 
 
 @app.command()
 def serve(
     bundle: Annotated[Path, typer.Argument(help="Bundle directory.")],
-    host: Annotated[str, typer.Option(help="Bind address; only this machine can connect by default.")] = "127.0.0.1",
+    host: Annotated[
+        str,
+        typer.Option(help="Bind address; only this machine can connect by default."),
+    ] = "127.0.0.1",
     port: int = 8000,
     mode: Annotated[str, typer.Option(help="coded, equal or none.")] = "coded",
     m: Annotated[int, typer.Option(help="Data instances.")] = 4,
     service_ms: float = 0.0,
     query_timeout: float = 10.0,
     quiet: Quiet = False,
-    backend: Annotated[str, typer.Option(help="local (processes here) or ray (Ray actors).")] = "local",
-    address: Annotated[str | None, typer.Option(help="Ray cluster to join; default: start a local one.")] = None,
-    name: Annotated[str | None, typer.Option(help="Model name in /v2/models/{name}; default: the bundle directory's name.")] = None,
-    token: Annotated[str | None, typer.Option(envvar="LEARNCC_TOKEN", show_default=False,
-                                              help="Bearer token required on every route but /v2/health/live.")] = None,
-    max_pending: Annotated[int, typer.Option(help="Most unanswered queries; beyond it requests get 503 + Retry-After.")] = 10_000,
-    max_body_bytes: Annotated[int, typer.Option(help="Largest request body; larger ones get 413.")] = 8 << 20,
-    deadline_ms: Annotated[float | None, typer.Option(help="Deadline of queries whose request names none (timeout_ms).")] = None,
-    default_answer: Annotated[str, typer.Option(help="At a deadline: none (504), zeros, or fill (F of the bundle's fill query).")] = "none",
-    drain_timeout: Annotated[float, typer.Option(help="Seconds SIGINT/SIGTERM waits for requests in flight.")] = 10.0,
+    backend: Annotated[
+        str, typer.Option(help="local (processes here) or ray (Ray actors).")
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster to join; default: start a local one."),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(
+            help="Model name in /v2/models/{name}; default: the bundle "
+            "directory's name."
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LEARNCC_TOKEN",
+            show_default=False,
+            help="Bearer token required on every route but /v2/health/live.",
+        ),
+    ] = None,
+    max_pending: Annotated[
+        int,
+        typer.Option(
+            help="Most unanswered queries; beyond it requests get 503 + Retry-After."
+        ),
+    ] = 10_000,
+    max_body_bytes: Annotated[
+        int, typer.Option(help="Largest request body; larger ones get 413.")
+    ] = 8 << 20,
+    deadline_ms: Annotated[
+        float | None,
+        typer.Option(help="Deadline of queries whose request names none (timeout_ms)."),
+    ] = None,
+    default_answer: Annotated[
+        str,
+        typer.Option(
+            help="At a deadline: none (504), zeros, or fill (F of the bundle's "
+            "fill query)."
+        ),
+    ] = "none",
+    drain_timeout: Annotated[
+        float, typer.Option(help="Seconds SIGINT/SIGTERM waits for requests in flight.")
+    ] = 10.0,
 ) -> None:
     """Serve a bundle over HTTP: the Open Inference Protocol v2 (/v2/...), plain
     JSON (POST /infer) and Prometheus metrics (/metrics)."""
@@ -336,35 +539,62 @@ def serve(
     _setup_logging(quiet)
     defaults = ("none", "zeros", "fill")
     if default_answer not in defaults:
-        raise ConfigError(f"--default-answer must be one of {', '.join(defaults)}, "
-                          f"got {default_answer!r}")  # fmt: skip
+        raise ConfigError(
+            f"--default-answer must be one of {', '.join(defaults)}, "
+            f"got {default_answer!r}"
+        )
     if deadline_ms is not None and not deadline_ms > 0:
         raise ConfigError(f"--deadline-ms must be > 0, got {deadline_ms}")
     loaded = load_bundle(bundle)
-    frontend, shape = deployment(loaded, mode, m=m, service_ms=service_ms,
-                                 query_timeout_s=query_timeout, max_pending=max_pending,
-                                 backend=backend, ray_address=address)  # fmt: skip
+    frontend, shape = deployment(
+        loaded,
+        mode,
+        m=m,
+        service_ms=service_ms,
+        query_timeout_s=query_timeout,
+        max_pending=max_pending,
+        backend=backend,
+        ray_address=address,
+    )
     fill = loaded.fill_output.numpy().astype(np.float32)
     # deployment() takes no default answer; the frontend reads this attribute
     answers = {"none": None, "zeros": np.zeros_like(fill), "fill": fill}
     frontend.default_output = answers[default_answer]
-    info = {"mode": mode, "data_instances": shape.data_instances,
-            "parity_instances": shape.parity_instances, "bundle": str(bundle)}  # fmt: skip
+    info = {
+        "mode": mode,
+        "data_instances": shape.data_instances,
+        "parity_instances": shape.parity_instances,
+        "bundle": str(bundle),
+    }
     if token is None and host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning("serving on %s without a token: anyone who can reach it can "
-                       "use it (set --token or LEARNCC_TOKEN)", host)  # fmt: skip
+        logger.warning(
+            "serving on %s without a token: anyone who can reach it can "
+            "use it (set --token or LEARNCC_TOKEN)",
+            host,
+        )
     model_name = name or bundle.resolve().name
-    console.print(f"serving {bundle} as {model_name!r} ({mode}: {shape.data_instances} "
-                  f"data + {shape.parity_instances} parity instances) "
-                  f"on http://{host}:{port}")  # fmt: skip
+    console.print(
+        f"serving {bundle} as {model_name!r} ({mode}: {shape.data_instances} "
+        f"data + {shape.parity_instances} parity instances) "
+        f"on http://{host}:{port}"
+    )
     try:
-        asyncio.run(serve_http(
-            frontend, host=host, port=port, info=info, model_name=model_name,
-            output_shape=loaded.output_shape, token=token,
-            max_body_bytes=max_body_bytes,
-            default_deadline_s=deadline_ms / 1000 if deadline_ms is not None else None,
-            drain_timeout_s=drain_timeout,
-        ))  # fmt: skip
+        asyncio.run(
+            serve_http(
+                frontend,
+                host=host,
+                port=port,
+                info=info,
+                model_name=model_name,
+                output_shape=loaded.output_shape,
+                token=token,
+                max_body_bytes=max_body_bytes,
+                default_deadline_s=deadline_ms / 1000
+                if deadline_ms is not None
+                else None,
+                drain_timeout_s=drain_timeout,
+            )
+        )
     except KeyboardInterrupt:
         pass
     except OSError as e:
@@ -378,24 +608,36 @@ app.command()(simulate)
 
 @app.command("codes-table")
 def codes_table(
-    out: Annotated[Path, typer.Option(help="Directory for results.json, timing.json and the plot.")] = Path("runs/codes"),
-    quick: Annotated[bool, typer.Option(help="CI smoke run: k in {2,3}, 1-3 epochs (under a minute).")] = False,
+    out: Annotated[
+        Path, typer.Option(help="Directory for results.json, timing.json and the plot.")
+    ] = Path("runs/codes"),
+    quick: Annotated[
+        bool,
+        typer.Option(help="CI smoke run: k in {2,3}, 1-3 epochs (under a minute)."),
+    ] = False,
     quiet: Quiet = False,
 ) -> None:
     """Train and evaluate every applicable code for k in {2,3,4,5,10} and r in
     {1,2} on mnist5k and digits; print the table, write results.json and a
     plot of degraded top-1 against k."""
     from learncc.bench.codes_table import (
-        CODES, ROW_KEYS, TableConfig, plot_degraded_vs_k, run_codes_table, time_codes,
-    )  # fmt: skip
+        CODES,
+        ROW_KEYS,
+        TableConfig,
+        plot_degraded_vs_k,
+        run_codes_table,
+        time_codes,
+    )
 
     _setup_logging(True)  # per-row lines below are the progress report
     cfg = TableConfig.quick() if quick else TableConfig()
     started = time.perf_counter()
-    console.print(f"codes: {', '.join(cfg.codes)}; k in {list(cfg.k_values)}, r in "
-                  f"{list(cfg.r_values)}; F epochs {cfg.base_epochs}, code epochs "
-                  f"{cfg.code_epochs} (cut to fit a 2-core CPU; ParM trains parity "
-                  f"models 150-200 epochs, so trained codes are under-trained here)")  # fmt: skip
+    console.print(
+        f"codes: {', '.join(cfg.codes)}; k in {list(cfg.k_values)}, r in "
+        f"{list(cfg.r_values)}; F epochs {cfg.base_epochs}, code epochs "
+        f"{cfg.code_epochs} (cut to fit a 2-core CPU; ParM trains parity "
+        f"models 150-200 epochs, so trained codes are under-trained here)"
+    )
     factors = {c.name: c.epochs_factor for c in CODES if c.epochs_factor != 1.0}
     if factors:
         console.print(f"codes with a share of the code epochs: {factors}")
@@ -406,29 +648,40 @@ def codes_table(
 
     def on_row(done: int, total: int, row: dict[str, Any]) -> None:
         if not quiet:
-            console.print(f"  [{done}/{total}] {row['dataset']} {row['code']} k={row['k']} "
-                          f"r={row['r']}: degraded {100 * row['degraded_top1']:.1f}% "
-                          f"(train {row['train_s']:.1f} s)")  # fmt: skip
+            console.print(
+                f"  [{done}/{total}] {row['dataset']} {row['code']} k={row['k']} "
+                f"r={row['r']}: degraded {100 * row['degraded_top1']:.1f}% "
+                f"(train {row['train_s']:.1f} s)"
+            )
 
     rows = run_codes_table(cfg, on_row=on_row, on_stage=on_stage)
     table = Table(title="codes: degraded-mode accuracy (test split, MLP F)")
     for key in ROW_KEYS:
         table.add_column(key, justify="left" if key in ("code", "dataset") else "right")
     for row in rows:
-        table.add_row(row["code"], row["dataset"], str(row["k"]), str(row["r"]),
-                      *(f"{100 * row[key]:.2f}%" for key in ROW_KEYS[4:7]),
-                      f"{row['train_s']:.1f}")  # fmt: skip
+        table.add_row(
+            row["code"],
+            row["dataset"],
+            str(row["k"]),
+            str(row["r"]),
+            *(f"{100 * row[key]:.2f}%" for key in ROW_KEYS[4:7]),
+            f"{row['train_s']:.1f}",
+        )
     console.print(table)
     _write_json(out / "results.json", rows)
     plot = plot_degraded_vs_k(rows, out / "degraded_vs_k.png")
     timing = time_codes(k=2, r=1, number=200 if quick else 2000)
     _write_json(out / "timing.json", timing)
     for name, t in timing.items():
-        console.print(f"timing k=2 r=1 {name}: encode {t['encode_us']:.1f} us + decode "
-                      f"{t['decode_us']:.1f} us per group = {t['overhead_pct']:.1f}% of F "
-                      f"({t['f_us']:.1f} us, batch 1)")  # fmt: skip
-    console.print(f"wrote {out / 'results.json'}, {out / 'timing.json'}, {plot} "
-                  f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
+        console.print(
+            f"timing k=2 r=1 {name}: encode {t['encode_us']:.1f} us + decode "
+            f"{t['decode_us']:.1f} us per group = {t['overhead_pct']:.1f}% of F "
+            f"({t['f_us']:.1f} us, batch 1)"
+        )
+    console.print(
+        f"wrote {out / 'results.json'}, {out / 'timing.json'}, {plot} "
+        f"({time.perf_counter() - started:.0f} s)"
+    )
 
 
 def main() -> None:

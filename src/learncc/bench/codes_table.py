@@ -91,7 +91,7 @@ CODES: tuple[CodeSpec, ...] = (
         images_only=True,
         epochs_factor=0.3,
         options={"encoder_channels": 8},
-    ),  # fmt: skip
+    ),
     CodeSpec("concat-joint", "concat", "mlp", "trained", "decode-kl", (1,), True),
 )
 
@@ -116,8 +116,12 @@ class TableConfig:
     @classmethod
     def quick(cls) -> TableConfig:
         """A CI smoke run: k in {2, 3}, one or two epochs, one grouping."""
-        return cls(k_values=(2, 3), base_epochs={"mnist5k": 2, "digits": 3},
-                   code_epochs={"mnist5k": 1, "digits": 1}, rounds=1)  # fmt: skip
+        return cls(
+            k_values=(2, 3),
+            base_epochs={"mnist5k": 2, "digits": 3},
+            code_epochs={"mnist5k": 1, "digits": 1},
+            rounds=1,
+        )
 
     def __post_init__(self) -> None:
         known = {c.name for c in CODES}
@@ -147,9 +151,14 @@ def _code_config(spec: CodeSpec, k: int, r: int, data: Dataset) -> CodeConfig:
 
 
 def run_code(
-    spec: CodeSpec, data: Dataset, base: nn.Module, base_spec: dict[str, Any],
-    k: int, r: int, cfg: TableConfig,
-) -> dict[str, Any]:  # fmt: skip
+    spec: CodeSpec,
+    data: Dataset,
+    base: nn.Module,
+    base_spec: dict[str, Any],
+    k: int,
+    r: int,
+    cfg: TableConfig,
+) -> dict[str, Any]:
     """Train (if needed) and evaluate one code; return one table row."""
     encoder, decoder = make_code(_code_config(spec, k, r, data), data.input_shape)
     if spec.parity == "F":
@@ -162,12 +171,20 @@ def run_code(
     started = time.perf_counter()
     if spec.loss is not None:
         epochs = max(1, round(cfg.code_epochs[data.name] * spec.epochs_factor))
-        train_parity(base, encoder, decoder, parity, data,
-                     TrainConfig(epochs=epochs, seed=cfg.seed), loss=spec.loss,
-                     progress=False)  # fmt: skip
+        train_parity(
+            base,
+            encoder,
+            decoder,
+            parity,
+            data,
+            TrainConfig(epochs=epochs, seed=cfg.seed),
+            loss=spec.loss,
+            progress=False,
+        )
     train_s = time.perf_counter() - started
-    metrics = evaluate_code(base, parity, encoder, decoder, data.test,
-                            rounds=cfg.rounds, seed=cfg.seed)  # fmt: skip
+    metrics = evaluate_code(
+        base, parity, encoder, decoder, data.test, rounds=cfg.rounds, seed=cfg.seed
+    )
     return {
         "code": spec.name,
         "dataset": data.name,
@@ -199,17 +216,26 @@ def run_codes_table(
     rows: list[dict[str, Any]] = []
     for name in cfg.datasets:
         data = load_dataset(name, seed=cfg.seed)
-        jobs = [(s, k, r) for k in cfg.k_values for r in cfg.r_values for s in specs
-                if applicable(s, data, k, r)]  # fmt: skip
+        jobs = [
+            (s, k, r)
+            for k in cfg.k_values
+            for r in cfg.r_values
+            for s in specs
+            if applicable(s, data, k, r)
+        ]
         torch.manual_seed(cfg.seed)
-        base_spec = model_spec("mlp", {}, data.input_shape, data.num_classes,
-                               data.normalization())  # fmt: skip
+        base_spec = model_spec(
+            "mlp", {}, data.input_shape, data.num_classes, data.normalization()
+        )
         if on_stage:
-            on_stage(f"{name}: training F (MLP, {cfg.base_epochs[name]} epochs), "
-                     f"then {len(jobs)} codes")  # fmt: skip
+            on_stage(
+                f"{name}: training F (MLP, {cfg.base_epochs[name]} epochs), "
+                f"then {len(jobs)} codes"
+            )
         base_cfg = TrainConfig(epochs=cfg.base_epochs[name], seed=cfg.seed)
-        base, _ = train_classifier(build_from_spec(base_spec), data, base_cfg,
-                                   progress=False)  # fmt: skip
+        base, _ = train_classifier(
+            build_from_spec(base_spec), data, base_cfg, progress=False
+        )
         for i, (spec, k, r) in enumerate(jobs):
             row = run_code(spec, data, base, base_spec, k, r, cfg)
             rows.append(row)
@@ -257,8 +283,12 @@ def time_codes(
             dec_us = _best_us(
                 lambda d=decoder, p=parity_out, a=available: d(data_out, p, a), number
             )
-            out[c.name] = {"f_us": f_us, "encode_us": enc_us, "decode_us": dec_us,
-                           "overhead_pct": 100 * (enc_us + dec_us) / f_us}  # fmt: skip
+            out[c.name] = {
+                "f_us": f_us,
+                "encode_us": enc_us,
+                "decode_us": dec_us,
+                "overhead_pct": 100 * (enc_us + dec_us) / f_us,
+            }
     return out
 
 

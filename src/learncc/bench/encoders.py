@@ -23,28 +23,44 @@ from learncc.training import TrainConfig, evaluate_code, train_classifier, train
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dataset", default="mnist5k")
-    parser.add_argument("--epochs", type=int, default=150, help="parity epochs per code")
+    parser.add_argument(
+        "--epochs", type=int, default=150, help="parity epochs per code"
+    )
     parser.add_argument("--base-epochs", type=int, default=60)
     parser.add_argument("--k", default="2,3,4")
     parser.add_argument("--out", type=Path, default=Path("runs/encoders.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     data = load_dataset(args.dataset)
-    spec = model_spec("mlp", {}, data.input_shape, data.num_classes, data.normalization())
-    base, _ = train_classifier(build_from_spec(spec), data, TrainConfig(epochs=args.base_epochs))
+    spec = model_spec(
+        "mlp", {}, data.input_shape, data.num_classes, data.normalization()
+    )
+    base, _ = train_classifier(
+        build_from_spec(spec), data, TrainConfig(epochs=args.base_epochs)
+    )
     rows = []
     for k in (int(v) for v in args.k.split(",")):
         for name in ("concat", "addition"):
-            encoder, decoder = make_code(CodeConfig(k=k, encoder=name), data.input_shape)
+            encoder, decoder = make_code(
+                CodeConfig(k=k, encoder=name), data.input_shape
+            )
             parity = build_from_spec(spec)
             parity.load_state_dict(base.state_dict())
             started = time.perf_counter()
-            train_parity(base, encoder, decoder, [parity], data, TrainConfig(epochs=args.epochs))
+            train_parity(
+                base, encoder, decoder, [parity], data, TrainConfig(epochs=args.epochs)
+            )
             metrics = evaluate_code(base, [parity], encoder, decoder, data.test)
-            rows.append({"k": k, "encoder": name, "base_top1": metrics["base_top1"],
-                         "degraded_top1": metrics["degraded_top1"],
-                         "reconstruction_top1": metrics["reconstruction_top1"],
-                         "train_s": time.perf_counter() - started})  # fmt: skip
+            rows.append(
+                {
+                    "k": k,
+                    "encoder": name,
+                    "base_top1": metrics["base_top1"],
+                    "degraded_top1": metrics["degraded_top1"],
+                    "reconstruction_top1": metrics["reconstruction_top1"],
+                    "train_s": time.perf_counter() - started,
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1))

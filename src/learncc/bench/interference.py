@@ -45,8 +45,12 @@ def interference(
         for _ in range(colocated_procs):
             if bundle is None:
                 raise ValueError("co-located inference needs the bundle path")
-            procs.append(subprocess.Popen([sys.executable, "-c", _INFER, str(bundle)],
-                                          stderr=subprocess.DEVNULL))  # fmt: skip
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-c", _INFER, str(bundle)],
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         yield procs
     finally:
         for proc in procs:

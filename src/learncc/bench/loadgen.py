@@ -30,7 +30,9 @@ class Trace:
 def poisson_trace(*, rate_qps: float, duration_s: float, pool: int, seed: int) -> Trace:
     """Poisson arrivals at ``rate_qps`` for ``duration_s``; inputs drawn from a pool."""
     if rate_qps <= 0 or duration_s <= 0:
-        raise ConfigError(f"rate_qps and duration_s must be > 0, got {rate_qps}, {duration_s}")
+        raise ConfigError(
+            f"rate_qps and duration_s must be > 0, got {rate_qps}, {duration_s}"
+        )
     rng = np.random.default_rng(seed)
     n = int(rate_qps * duration_s * 1.2) + 10
     arrivals = np.cumsum(rng.exponential(1 / rate_qps, n))
@@ -57,7 +59,11 @@ class ModeResult:
     service_ms: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in ("latencies_ms", "service_ms")}
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in ("latencies_ms", "service_ms")
+        }
 
 
 async def drive(
@@ -90,7 +96,9 @@ async def drive(
 
     futures: list[asyncio.Future[Answer]] = []
     cpu_start = time.process_time()
-    bar = tqdm(total=n, desc=progress, unit="q", disable=progress is None, mininterval=0.5)
+    bar = tqdm(
+        total=n, desc=progress, unit="q", disable=progress is None, mininterval=0.5
+    )
     for i in range(n):
         delay = t0 + trace.arrivals_s[i] - loop.time()
         if delay > 0:

@@ -12,7 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def latency_cdf(latencies_ms: Mapping[str, np.ndarray], path: Path, title: str = "") -> Path:
+def latency_cdf(
+    latencies_ms: Mapping[str, np.ndarray], path: Path, title: str = ""
+) -> Path:
     """Plot each mode's latency as a tail CDF (1 - CDF on a log axis), so
     p99 and p99.9 are as readable as the median."""
     fig, (ax_cdf, ax_tail) = plt.subplots(1, 2, figsize=(11, 4))
@@ -24,8 +26,13 @@ def latency_cdf(latencies_ms: Mapping[str, np.ndarray], path: Path, title: str =
         ax_cdf.plot(values, frac, label=mode)
         ax_tail.plot(values, np.maximum(1 - frac, 1 / len(values) / 10), label=mode)
     ax_cdf.set(xlabel="latency (ms)", ylabel="fraction of queries", title="CDF")
-    ax_tail.set(xlabel="latency (ms)", ylabel="fraction slower (1 - CDF)", yscale="log",
-                xscale="log", title="tail")  # fmt: skip
+    ax_tail.set(
+        xlabel="latency (ms)",
+        ylabel="fraction slower (1 - CDF)",
+        yscale="log",
+        xscale="log",
+        title="tail",
+    )
     for y, name in ((1e-2, "p99"), (1e-3, "p99.9")):
         ax_tail.axhline(y, color="grey", lw=0.5, ls=":")
         ax_tail.annotate(name, (ax_tail.get_xlim()[0], y), fontsize=8, color="grey")

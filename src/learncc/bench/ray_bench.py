@@ -39,10 +39,20 @@ def make_backend(
     if name == "ray":
         from learncc.serving.ray_backend import RayBackend
 
-        return RayBackend(bundle, data_instances=data, parity_instances=parity,
-                          max_batch=max_batch, noop=True)  # fmt: skip
-    return LocalBackend(bundle, data_instances=data, parity_instances=parity,
-                        max_batch=max_batch, noop=True)  # fmt: skip
+        return RayBackend(
+            bundle,
+            data_instances=data,
+            parity_instances=parity,
+            max_batch=max_batch,
+            noop=True,
+        )
+    return LocalBackend(
+        bundle,
+        data_instances=data,
+        parity_instances=parity,
+        max_batch=max_batch,
+        noop=True,
+    )
 
 
 async def overhead_ms(frontend: Frontend, pool: np.ndarray, n: int) -> dict[str, float]:
@@ -53,8 +63,11 @@ async def overhead_ms(frontend: Frontend, pool: np.ndarray, n: int) -> dict[str,
         await frontend.infer(pool[i % len(pool)])
         latencies.append((time.perf_counter() - start) * 1000)
     lat = np.array(latencies[n // 10 :])  # the first tenth warms the path up
-    return {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
-            "mean": float(lat.mean())}  # fmt: skip
+    return {
+        "p50": float(np.percentile(lat, 50)),
+        "p99": float(np.percentile(lat, 99)),
+        "mean": float(lat.mean()),
+    }
 
 
 async def throughput_qps(
@@ -94,15 +107,25 @@ async def throughput_qps(
 
 
 async def run_one(
-    backend_name: str, bundle_path: Path, mode: str, *, m: int, max_batch: int,
-    window: int, duration_s: float, overhead_n: int,
-) -> dict[str, Any]:  # fmt: skip
+    backend_name: str,
+    bundle_path: Path,
+    mode: str,
+    *,
+    m: int,
+    max_batch: int,
+    window: int,
+    duration_s: float,
+    overhead_n: int,
+) -> dict[str, Any]:
     bundle = load_bundle(bundle_path)
     shape = plan(mode, m=m, k=bundle.code.k, r=bundle.code.r)
     backend = make_backend(
-        backend_name, bundle_path, data=shape.data_instances,
-        parity=shape.parity_instances, max_batch=max_batch,
-    )  # fmt: skip
+        backend_name,
+        bundle_path,
+        data=shape.data_instances,
+        parity=shape.parity_instances,
+        max_batch=max_batch,
+    )
     coding = coding_from_bundle(bundle) if mode == "coded" else None
     frontend = Frontend(backend, input_shape=bundle.input_shape, coding=coding)
     pool = np.random.default_rng(0).random((256, *bundle.input_shape), dtype=np.float32)
@@ -110,8 +133,12 @@ async def run_one(
         over = await overhead_ms(frontend, pool, overhead_n)
         qps = await throughput_qps(frontend, pool, window=window, duration_s=duration_s)
         stats = frontend.statistics()
-    result = {"overhead_ms": over, "throughput_qps": qps, "instances": shape.instances,
-              "failed": stats.failed + stats.timed_out}  # fmt: skip
+    result = {
+        "overhead_ms": over,
+        "throughput_qps": qps,
+        "instances": shape.instances,
+        "failed": stats.failed + stats.timed_out,
+    }
     if backend_name == "ray":
         assert hasattr(backend, "calls_sent")
         result["actor_calls"] = backend.calls_sent
@@ -146,11 +173,18 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {"config": vars(args) | {"bundle": str(args.bundle)}}
     for name in backends:
         for mode in (m for m in args.modes.split(",") if m):
-            results[f"{name}/{mode}"] = asyncio.run(run_one(
-                name, args.bundle, mode, m=args.m, max_batch=args.max_batch,
-                window=args.window, duration_s=args.duration,
-                overhead_n=args.overhead_n,
-            ))  # fmt: skip
+            results[f"{name}/{mode}"] = asyncio.run(
+                run_one(
+                    name,
+                    args.bundle,
+                    mode,
+                    m=args.m,
+                    max_batch=args.max_batch,
+                    window=args.window,
+                    duration_s=args.duration,
+                    overhead_n=args.overhead_n,
+                )
+            )
     print(json.dumps(results, indent=2))
 
 

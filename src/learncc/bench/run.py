@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from learncc.bench.interference import interference
 from learncc.bench.loadgen import ModeResult, drive, poisson_trace
 from learncc.bundle import load_bundle
 from learncc.errors import ConfigError
-from learncc.bench.interference import interference
 from learncc.serving.backend import BACKUP, DATA, PARITY
 from learncc.serving.deploy import MODES, deployment
 from learncc.serving.slowdown import instance_schedule, preset
@@ -55,7 +55,9 @@ class BenchConfig:
         if bad or not self.modes:
             raise ConfigError(f"unknown modes {bad}; choose from {', '.join(MODES)}")
         if self.warmup_s >= self.duration_s:
-            raise ConfigError(f"warmup_s ({self.warmup_s}) must be < duration_s ({self.duration_s})")
+            raise ConfigError(
+                f"warmup_s ({self.warmup_s}) must be < duration_s ({self.duration_s})"
+            )
         preset(self.slowdown, **self.slowdown_overrides)  # validates the name
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,17 +65,32 @@ class BenchConfig:
 
 
 async def run_mode(
-    bundle_path: Path, mode: str, cfg: BenchConfig, pool: np.ndarray, labels: np.ndarray | None,
-    *, progress: bool = True,
-) -> ModeResult:  # fmt: skip
+    bundle_path: Path,
+    mode: str,
+    cfg: BenchConfig,
+    pool: np.ndarray,
+    labels: np.ndarray | None,
+    *,
+    progress: bool = True,
+) -> ModeResult:
     frontend, shape = deployment(
-        bundle_path, mode, m=cfg.m, service_ms=cfg.service_ms, per_item_ms=cfg.per_item_ms,
-        max_batch=cfg.max_batch, batch_size=cfg.batch_size, policy=cfg.policy, noop=cfg.noop,
-        flush_timeout_s=cfg.flush_timeout_s, query_timeout_s=cfg.query_timeout_s,
-        backend=cfg.backend, ray_address=cfg.ray_address,
-    )  # fmt: skip
-    trace = poisson_trace(rate_qps=cfg.rate_qps, duration_s=cfg.duration_s, pool=len(pool),
-                          seed=cfg.seed)  # fmt: skip
+        bundle_path,
+        mode,
+        m=cfg.m,
+        service_ms=cfg.service_ms,
+        per_item_ms=cfg.per_item_ms,
+        max_batch=cfg.max_batch,
+        batch_size=cfg.batch_size,
+        policy=cfg.policy,
+        noop=cfg.noop,
+        flush_timeout_s=cfg.flush_timeout_s,
+        query_timeout_s=cfg.query_timeout_s,
+        backend=cfg.backend,
+        ray_address=cfg.ray_address,
+    )
+    trace = poisson_trace(
+        rate_qps=cfg.rate_qps, duration_s=cfg.duration_s, pool=len(pool), seed=cfg.seed
+    )
     slowdown = preset(cfg.slowdown, **cfg.slowdown_overrides)
     async with frontend:
         loop = asyncio.get_running_loop()
@@ -85,13 +102,25 @@ async def run_mode(
         numbered += [(BACKUP, i) for i in range(shape.backup_instances)]
         for g, (role, i) in enumerate(numbered):
             schedule = instance_schedule(slowdown, g, cfg.duration_s + 60, cfg.seed)
-            await frontend.backend.configure(role, i, {"schedule": schedule, "t0": start})
-        with interference(background_procs=slowdown.background_procs,
-                          colocated_procs=slowdown.colocated_procs, bundle=bundle_path):  # fmt: skip
+            await frontend.backend.configure(
+                role, i, {"schedule": schedule, "t0": start}
+            )
+        with interference(
+            background_procs=slowdown.background_procs,
+            colocated_procs=slowdown.colocated_procs,
+            bundle=bundle_path,
+        ):
             result = await drive(
-                frontend, trace, pool, labels=labels, warmup_s=cfg.warmup_s, start_at=start,
-                progress=f"{mode:>9} ({shape.instances} instances)" if progress else None,
-            )  # fmt: skip
+                frontend,
+                trace,
+                pool,
+                labels=labels,
+                warmup_s=cfg.warmup_s,
+                start_at=start,
+                progress=f"{mode:>9} ({shape.instances} instances)"
+                if progress
+                else None,
+            )
         stats = frontend.statistics()
         result = replace(result, service_ms=await frontend.backend.service_times())
     logger.info("%s: %s", mode, stats)

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from hdrh.histogram import HdrHistogram
 from tqdm.auto import tqdm
@@ -47,14 +46,24 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-async def soak(bundle_path: Path, *, duration_s: float, load: float, kill_every_s: float,
-               m: int, service_ms: float, seed: int) -> dict[str, Any]:  # fmt: skip
+async def soak(
+    bundle_path: Path,
+    *,
+    duration_s: float,
+    load: float,
+    kill_every_s: float,
+    m: int,
+    service_ms: float,
+    seed: int,
+) -> dict[str, Any]:
     bundle = load_bundle(bundle_path)
     pool, labels = _test_inputs(bundle)
     capacity_qps = m * 1000 / service_ms  # data instances at the service floor
     rate = load * capacity_qps
     frontend, shape = deployment(bundle_path, "coded", m=m, service_ms=service_ms)
-    trace = poisson_trace(rate_qps=rate, duration_s=duration_s, pool=len(pool), seed=seed)
+    trace = poisson_trace(
+        rate_qps=rate, duration_s=duration_s, pool=len(pool), seed=seed
+    )
     rng = random.Random(seed)
     loop = asyncio.get_running_loop()
     hist = HdrHistogram(1, 600_000_000, 3)
@@ -69,7 +78,9 @@ async def soak(bundle_path: Path, *, duration_s: float, load: float, kill_every_
         roles += [(PARITY, i) for i in range(shape.parity_instances)]
         for g, (role, i) in enumerate(roles):
             schedule = instance_schedule(slowdown, g, duration_s + 60, seed)
-            await frontend.backend.configure(role, i, {"schedule": schedule, "t0": start})
+            await frontend.backend.configure(
+                role, i, {"schedule": schedule, "t0": start}
+            )
         next_kill = start + kill_every_s
         futures = []
         bar = tqdm(total=len(trace.arrivals_s), desc="soak", unit="q", mininterval=2)
@@ -98,8 +109,10 @@ async def soak(bundle_path: Path, *, duration_s: float, load: float, kill_every_
                     os.kill(frontend.backend.pid(role, j), 9)
                     counts["kills"] += 1
                 peak["frontend_mb"] = max(peak["frontend_mb"], _rss_mb(os.getpid()))
-                peak["instances_mb"] = max(peak["instances_mb"], sum(
-                    _rss_mb(frontend.backend.pid(r, j) or 0) for r, j in roles))  # fmt: skip
+                peak["instances_mb"] = max(
+                    peak["instances_mb"],
+                    sum(_rss_mb(frontend.backend.pid(r, j) or 0) for r, j in roles),
+                )
             fut = frontend.submit(pool[trace.inputs[i]])
             fut.add_done_callback(lambda f, i=i, a=arrival: done(i, a, f))
             futures.append(fut)
@@ -111,18 +124,26 @@ async def soak(bundle_path: Path, *, duration_s: float, load: float, kill_every_
 
     offered = len(trace.arrivals_s)
     return {
-        "duration_s": duration_s, "rate_qps": rate, "load_of_capacity": load,
-        "offered": offered, "accepted": stats.accepted, "served": counts["answered"],
-        "reconstructed": counts["reconstructed"], "errors": counts["errors"],
+        "duration_s": duration_s,
+        "rate_qps": rate,
+        "load_of_capacity": load,
+        "offered": offered,
+        "accepted": stats.accepted,
+        "served": counts["answered"],
+        "reconstructed": counts["reconstructed"],
+        "errors": counts["errors"],
         "lost": stats.accepted - counts["answered"] - counts["errors"],
-        "kills": counts["kills"], "restarts": restarts,
+        "kills": counts["kills"],
+        "restarts": restarts,
         "p50_ms": hist.get_value_at_percentile(50) / 1000,
         "p99_ms": hist.get_value_at_percentile(99) / 1000,
         "p999_ms": hist.get_value_at_percentile(99.9) / 1000,
-        "peak_frontend_rss_mb": max(peak["frontend_mb"],
-                                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_frontend_rss_mb": max(
+            peak["frontend_mb"],
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        ),
         "peak_instances_rss_mb": peak["instances_mb"],
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -138,9 +159,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     started = time.perf_counter()
-    result = asyncio.run(soak(args.bundle, duration_s=args.duration, load=args.load,
-                              kill_every_s=args.kill_every, m=args.m,
-                              service_ms=args.service_ms, seed=args.seed))  # fmt: skip
+    result = asyncio.run(
+        soak(
+            args.bundle,
+            duration_s=args.duration,
+            load=args.load,
+            kill_every_s=args.kill_every,
+            m=args.m,
+            service_ms=args.service_ms,
+            seed=args.seed,
+        )
+    )
     result["wall_s"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(result, indent=2))

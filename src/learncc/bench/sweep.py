@@ -47,13 +47,19 @@ def load_config(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read sweep config {path}: {e}") from None
     unknown = set(config.get("bench", {})) - BENCH_FIELDS
     if unknown:
-        raise ConfigError(f"unknown [bench] keys {sorted(unknown)}; known: {sorted(BENCH_FIELDS)}")
+        raise ConfigError(
+            f"unknown [bench] keys {sorted(unknown)}; known: {sorted(BENCH_FIELDS)}"
+        )
     sweep = config.get("sweep")
     if not isinstance(sweep, dict) or "param" not in sweep or not sweep.get("values"):
-        raise ConfigError(f"{path} needs a [sweep] table with 'param' and non-empty 'values'")
+        raise ConfigError(
+            f"{path} needs a [sweep] table with 'param' and non-empty 'values'"
+        )
     param = sweep["param"]
     if param not in BENCH_FIELDS | SLOWDOWN_FIELDS | {"k"}:
-        raise ConfigError(f"cannot sweep {param!r}: not a bench or slowdown setting, nor 'k'")
+        raise ConfigError(
+            f"cannot sweep {param!r}: not a bench or slowdown setting, nor 'k'"
+        )
     if param == "k" and "bundles" not in sweep:
         raise ConfigError("sweeping k needs [sweep] bundles = 'path/with/{k}'")
     if param != "k" and "bundle" not in config:
@@ -68,7 +74,10 @@ def _bench_for(config: dict[str, Any], param: str, value: Any) -> BenchConfig:
     if param in BENCH_FIELDS:
         settings[param] = value
     elif param in SLOWDOWN_FIELDS:
-        settings["slowdown_overrides"] = {**settings.get("slowdown_overrides", {}), param: value}
+        settings["slowdown_overrides"] = {
+            **settings.get("slowdown_overrides", {}),
+            param: value,
+        }
     return BenchConfig(**settings)
 
 
@@ -88,13 +97,15 @@ def _bundle_for(config: dict[str, Any], k: int, base: Path, progress: bool) -> P
         CodeConfig(k=k, r=1, encoder=train.get("encoder", "concat")),
         base_cfg=TrainConfig(epochs=int(train.get("epochs", 30))),
         parity_cfg=TrainConfig(epochs=int(train.get("parity_epochs", 40))),
-        out=path, progress=progress,
-    )  # fmt: skip
+        out=path,
+        progress=progress,
+    )
     return path
 
 
-def run_sweep(config: dict[str, Any], *, base: Path = Path("."), progress: bool = True
-              ) -> dict[str, Any]:  # fmt: skip
+def run_sweep(
+    config: dict[str, Any], *, base: Path = Path("."), progress: bool = True
+) -> dict[str, Any]:
     """Run every value of the sweep; return ``{"param", "rows"}`` with one
     row ``{"value", "latency_ms": {mode: {...}}}`` per value."""
     param = config["sweep"]["param"]
@@ -105,7 +116,9 @@ def run_sweep(config: dict[str, Any], *, base: Path = Path("."), progress: bool 
             bundle = _bundle_for(config, int(value), base, progress)
         else:
             bundle = base / config["bundle"]
-        results = run_comparison(bundle, _bench_for(config, param, value), progress=progress)
+        results = run_comparison(
+            bundle, _bench_for(config, param, value), progress=progress
+        )
         rows.append({"value": value, "latency_ms": summary(results)})
     return {"param": param, "rows": rows, "bench": config.get("bench", {})}
 
@@ -122,9 +135,16 @@ def plot_sweep(result: dict[str, Any], path: Path, title: str = "") -> Path:
     numeric = all(isinstance(v, (int, float)) for v in values)
     xs = values if numeric else list(range(len(values)))
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for ax, key, name in zip(axes, ("p50", "p99", "p999"), ("p50", "p99", "p99.9"), strict=True):
+    for ax, key, name in zip(
+        axes, ("p50", "p99", "p999"), ("p50", "p99", "p99.9"), strict=True
+    ):
         for mode in modes:
-            ax.plot(xs, [row["latency_ms"][mode][key] for row in result["rows"]], "o-", label=mode)
+            ax.plot(
+                xs,
+                [row["latency_ms"][mode][key] for row in result["rows"]],
+                "o-",
+                label=mode,
+            )
         ax.set(xlabel=result["param"], ylabel=f"{name} latency (ms)", title=name)
         if not numeric:
             ax.set_xticks(xs, [str(v) for v in values])

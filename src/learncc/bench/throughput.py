@@ -27,8 +27,9 @@ from learncc.serving.deploy import coding_from_bundle, deployment, plan
 from learncc.serving.frontend import Frontend
 
 
-async def closed_loop(frontend: Frontend, x: np.ndarray, *, concurrency: int,
-                      duration_s: float) -> dict[str, Any]:  # fmt: skip
+async def closed_loop(
+    frontend: Frontend, x: np.ndarray, *, concurrency: int, duration_s: float
+) -> dict[str, Any]:
     """Keep ``concurrency`` queries in flight; return rate and CPU per query."""
     loop = asyncio.get_running_loop()
     done = 0
@@ -57,27 +58,48 @@ async def closed_loop(frontend: Frontend, x: np.ndarray, *, concurrency: int,
         submit()
     await finished
     cpu, wall = time.process_time() - cpu0, loop.time() - wall0
-    return {"qps": done / wall, "frontend_cpu_us_per_query": 1e6 * cpu / done,
-            "queries": done, "reconstructed": reconstructed}  # fmt: skip
+    return {
+        "qps": done / wall,
+        "frontend_cpu_us_per_query": 1e6 * cpu / done,
+        "queries": done,
+        "reconstructed": reconstructed,
+    }
 
 
-async def measure(bundle_path: Path, mode: str, *, backend: str, m: int, concurrency: int,
-                  duration_s: float, fail_every: int) -> dict[str, Any]:  # fmt: skip
+async def measure(
+    bundle_path: Path,
+    mode: str,
+    *,
+    backend: str,
+    m: int,
+    concurrency: int,
+    duration_s: float,
+    fail_every: int,
+) -> dict[str, Any]:
     bundle = load_bundle(bundle_path)
     x = bundle.fill_input.numpy()
     if backend == "noop":
         shape = plan(mode, m=m, k=bundle.code.k, r=bundle.code.r)
-        instances = NoopBackend(data_instances=shape.data_instances,
-                                parity_instances=shape.parity_instances,
-                                output_shape=tuple(bundle.fill_output.shape),
-                                fail_every=fail_every if mode == "coded" else 0)  # fmt: skip
-        frontend = Frontend(instances, input_shape=bundle.input_shape,
-                            coding=coding_from_bundle(bundle) if mode == "coded" else None)  # fmt: skip
+        instances = NoopBackend(
+            data_instances=shape.data_instances,
+            parity_instances=shape.parity_instances,
+            output_shape=tuple(bundle.fill_output.shape),
+            fail_every=fail_every if mode == "coded" else 0,
+        )
+        frontend = Frontend(
+            instances,
+            input_shape=bundle.input_shape,
+            coding=coding_from_bundle(bundle) if mode == "coded" else None,
+        )
     else:
         frontend, _ = deployment(bundle_path, mode, m=m, noop=True)
     async with frontend:
-        await closed_loop(frontend, x, concurrency=concurrency, duration_s=0.5)  # warm up
-        return await closed_loop(frontend, x, concurrency=concurrency, duration_s=duration_s)
+        await closed_loop(
+            frontend, x, concurrency=concurrency, duration_s=0.5
+        )  # warm up
+        return await closed_loop(
+            frontend, x, concurrency=concurrency, duration_s=duration_s
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,19 +110,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--m", type=int, default=4)
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--duration", type=float, default=5.0)
-    parser.add_argument("--fail-every", type=int, default=0,
-                        help="noop backend: drop every n-th data query so groups decode")
+    parser.add_argument(
+        "--fail-every",
+        type=int,
+        default=0,
+        help="noop backend: drop every n-th data query so groups decode",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # as in serving: small tensors, one core
     results = {}
     for mode in args.modes.split(","):
-        results[mode] = asyncio.run(measure(
-            args.bundle, mode, backend=args.backend, m=args.m, concurrency=args.concurrency,
-            duration_s=args.duration, fail_every=args.fail_every,
-        ))  # fmt: skip
+        results[mode] = asyncio.run(
+            measure(
+                args.bundle,
+                mode,
+                backend=args.backend,
+                m=args.m,
+                concurrency=args.concurrency,
+                duration_s=args.duration,
+                fail_every=args.fail_every,
+            )
+        )
         print(mode, json.dumps(results[mode]))
     if "equal" in results and "coded" in results:
-        ratio = results["coded"]["frontend_cpu_us_per_query"] / results["equal"]["frontend_cpu_us_per_query"]
+        ratio = (
+            results["coded"]["frontend_cpu_us_per_query"]
+            / results["equal"]["frontend_cpu_us_per_query"]
+        )
         print(f"coded/equal frontend CPU per query: {ratio:.2f}")
 
 

@@ -81,14 +81,20 @@ def make_code(cfg: CodeConfig, input_shape: tuple[int, ...]) -> tuple[Encoder, D
         raise ConfigError(
             f"code options must start with encoder_ or decoder_, got {sorted(unknown)}"
         )
-    encoder = _build(ENCODERS[cfg.encoder], "encoder", cfg, _options(cfg, "encoder_"),
-                     input_shape=tuple(input_shape))  # fmt: skip
+    encoder = _build(
+        ENCODERS[cfg.encoder],
+        "encoder",
+        cfg,
+        _options(cfg, "encoder_"),
+        input_shape=tuple(input_shape),
+    )
     decoder = _build(DECODERS[cfg.decoder], "decoder", cfg, _options(cfg, "decoder_"))
     return encoder, decoder
 
 
-def _build(cls: type[Any], kind: str, cfg: CodeConfig, options: dict[str, Any],
-           **extra: Any) -> Any:  # fmt: skip
+def _build(
+    cls: type[Any], kind: str, cfg: CodeConfig, options: dict[str, Any], **extra: Any
+) -> Any:
     try:
         return cls(k=cfg.k, r=cfg.r, **extra, **options)
     except TypeError as e:

@@ -119,13 +119,17 @@ class Decoder(nn.Module):
 
 
 def decode_numpy_default(
-    decoder: Decoder, data_out: np.ndarray, parity_out: np.ndarray, available: Sequence[bool]
+    decoder: Decoder,
+    data_out: np.ndarray,
+    parity_out: np.ndarray,
+    available: Sequence[bool],
 ) -> np.ndarray:
     with torch.no_grad():
         return decoder(
-            torch.from_numpy(data_out)[None], torch.from_numpy(parity_out)[None],
+            torch.from_numpy(data_out)[None],
+            torch.from_numpy(parity_out)[None],
             torch.tensor(list(available), dtype=torch.bool),
-        )[0].numpy()  # fmt: skip
+        )[0].numpy()
 
 
 def is_differentiable(module: nn.Module) -> bool:

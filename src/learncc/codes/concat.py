@@ -99,7 +99,9 @@ class ConcatenationEncoder(Encoder):
 
     def encode_numpy(self, x: np.ndarray) -> np.ndarray:
         if self._numpy is None:
-            self._numpy = (self.rows_m.numpy().astype(np.float32),
-                           self.cols_t.numpy().astype(np.float32))  # fmt: skip
+            self._numpy = (
+                self.rows_m.numpy().astype(np.float32),
+                self.cols_t.numpy().astype(np.float32),
+            )
         rows, cols = self._numpy
         return (rows @ x @ cols).sum(axis=1, keepdims=True)

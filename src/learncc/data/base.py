@@ -44,7 +44,11 @@ class Dataset:
             "seed": self.seed,
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
-            "sizes": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
+            "sizes": {
+                "train": len(self.train),
+                "val": len(self.val),
+                "test": len(self.test),
+            },
         }
 
 
@@ -73,7 +77,11 @@ def split_pool(
     test_fraction: float = 0.2,
 ) -> Dataset:
     """Shuffle a pool with ``seed`` and cut it into train/validation/test."""
-    if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
+    if (
+        not 0 < val_fraction < 1
+        or not 0 < test_fraction < 1
+        or val_fraction + test_fraction >= 1
+    ):
         raise ConfigError(
             f"val_fraction ({val_fraction}) and test_fraction ({test_fraction}) "
             "must be in (0, 1) and sum to less than 1"

@@ -24,7 +24,10 @@ Factory = Callable[..., nn.Module]
 
 
 def mlp(
-    *, input_shape: tuple[int, ...], num_classes: int, hidden: tuple[int, ...] = (200, 100)
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    hidden: tuple[int, ...] = (200, 100),
 ) -> nn.Module:
     """The fully connected network of the ParM MNIST experiments (784-200-100-10)."""
     layers: list[nn.Module] = [nn.Flatten()]
@@ -42,20 +45,30 @@ def lenet5(*, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     if min(height, width) < 8:
         raise ConfigError(f"lenet5 needs images of at least 8x8, got {height}x{width}")
     features = nn.Sequential(
-        nn.Conv2d(channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-    )  # fmt: skip
+        nn.Conv2d(channels, 6, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
     flat = 16 * (height // 4) * (width // 4)
     return nn.Sequential(
-        features, nn.Flatten(),
-        nn.Linear(flat, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+        features,
+        nn.Flatten(),
+        nn.Linear(flat, 120),
+        nn.ReLU(),
+        nn.Linear(120, 84),
+        nn.ReLU(),
         nn.Linear(84, num_classes),
-    )  # fmt: skip
+    )
 
 
 def _image_shape(input_shape: tuple[int, ...], name: str) -> tuple[int, int, int]:
     if len(input_shape) != 3:
-        raise ConfigError(f"{name} needs image inputs (C, H, W), got {tuple(input_shape)}")
+        raise ConfigError(
+            f"{name} needs image inputs (C, H, W), got {tuple(input_shape)}"
+        )
     c, h, w = (int(s) for s in input_shape)
     return c, h, w
 
@@ -116,9 +129,13 @@ def build_model(
             input_shape=tuple(input_shape), num_classes=num_classes, **(options or {})
         )
     except TypeError as e:
-        raise ConfigError(f"model {name!r} rejected its options {options or {}}: {e}") from None
+        raise ConfigError(
+            f"model {name!r} rejected its options {options or {}}: {e}"
+        ) from None
     if not isinstance(model, nn.Module):
-        raise ConfigError(f"model factory {name!r} returned {type(model).__name__}, not nn.Module")
+        raise ConfigError(
+            f"model factory {name!r} returned {type(model).__name__}, not nn.Module"
+        )
     return model
 
 
@@ -130,7 +147,17 @@ def count_parameters(model: nn.Module) -> int:
 def predict(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
     """F's outputs on ``x`` in eval mode, in batches."""
     model.eval()
-    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    return torch.cat(
+        [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    )
 
 
-__all__ = ["MODELS", "Normalized", "build_model", "count_parameters", "lenet5", "mlp", "predict"]
+__all__ = [
+    "MODELS",
+    "Normalized",
+    "build_model",
+    "count_parameters",
+    "lenet5",
+    "mlp",
+    "predict",
+]

@@ -31,7 +31,9 @@ class ResNet18(nn.Module):
     def __init__(self, channels: int, num_classes: int, width: int = 64) -> None:
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv2d(channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+            nn.Conv2d(channels, width, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
         )
         stages: list[nn.Module] = []
         in_ch = width
@@ -47,8 +49,12 @@ class ResNet18(nn.Module):
         return self.head(F.adaptive_avg_pool2d(out, 1).flatten(1))
 
 
-def resnet18(*, input_shape: tuple[int, ...], num_classes: int, width: int = 64) -> nn.Module:
+def resnet18(
+    *, input_shape: tuple[int, ...], num_classes: int, width: int = 64
+) -> nn.Module:
     """ResNet-18 for small images; ``width`` scales every stage (64 = the original)."""
     if len(input_shape) != 3:
-        raise ConfigError(f"resnet18 needs image inputs (C, H, W), got {tuple(input_shape)}")
+        raise ConfigError(
+            f"resnet18 needs image inputs (C, H, W), got {tuple(input_shape)}"
+        )
     return ResNet18(int(input_shape[0]), num_classes, width)

@@ -34,7 +34,12 @@ CANCELLED = P.CANCELLED
 
 class Handler(Protocol):
     def on_result(
-        self, role: str, index: int, tag: int, output: np.ndarray | None, error: str | None
+        self,
+        role: str,
+        index: int,
+        tag: int,
+        output: np.ndarray | None,
+        error: str | None,
     ) -> None: ...
 
     def on_down(self, role: str, index: int, lost: list[int]) -> None: ...
@@ -57,7 +62,9 @@ class Backend(Protocol):
 
     def depth(self, role: str, index: int) -> int: ...
 
-    async def configure(self, role: str, index: int, message: dict[str, Any]) -> None: ...
+    async def configure(
+        self, role: str, index: int, message: dict[str, Any]
+    ) -> None: ...
 
     async def service_times(self) -> dict[str, list[float]]: ...
 
@@ -76,7 +83,9 @@ class _Instance(asyncio.Protocol):
     outstanding: set[int] = field(default_factory=set)
     buffer: bytearray = field(default_factory=bytearray)
     is_alive: bool = False
-    last_progress: float = 0.0  # loop time of the last frame, or of the first send when idle
+    last_progress: float = (
+        0.0  # loop time of the last frame, or of the first send when idle
+    )
     stats: asyncio.Future[dict[str, Any]] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -89,8 +98,12 @@ class _Instance(asyncio.Protocol):
         try:
             frames = P.split_frames(self.buffer)
         except P.FrameError as e:
-            logger.error("instance %s/%d sent a corrupt stream (%s); dropping it",
-                         self.role, self.index, e)  # fmt: skip
+            logger.error(
+                "instance %s/%d sent a corrupt stream (%s); dropping it",
+                self.role,
+                self.index,
+                e,
+            )
             assert self.transport is not None
             self.transport.abort()
             return
@@ -109,18 +122,27 @@ class _Instance(asyncio.Protocol):
                 output = np.frombuffer(payload, dtype=np.float32)
                 handler.on_result(self.role, self.index, tag, output, None)
             elif kind == P.ERROR:
-                handler.on_result(self.role, self.index, tag, None, payload.decode("utf-8", "replace"))
+                handler.on_result(
+                    self.role, self.index, tag, None, payload.decode("utf-8", "replace")
+                )
 
     def connection_lost(self, exc: Exception | None) -> None:
         was_alive, self.is_alive = self.is_alive, False
         if self.ready is not None and not self.ready.done():
-            self.ready.set_exception(BackendUnavailableError(
-                f"instance {self.role}/{self.index} exited during start: {self.stderr_tail()}"
-            ))  # fmt: skip
+            self.ready.set_exception(
+                BackendUnavailableError(
+                    f"instance {self.role}/{self.index} exited during start: "
+                    f"{self.stderr_tail()}"
+                )
+            )
         if was_alive and not self.backend.closing:
-            logger.warning("instance %s/%d is down (%d queries in flight): %s",
-                           self.role, self.index, len(self.outstanding),
-                           self.stderr_tail() or "no message")  # fmt: skip
+            logger.warning(
+                "instance %s/%d is down (%d queries in flight): %s",
+                self.role,
+                self.index,
+                len(self.outstanding),
+                self.stderr_tail() or "no message",
+            )
             lost, self.outstanding = sorted(self.outstanding), set()
             self.backend.handler.on_down(self.role, self.index, lost)
             self.backend.instance_down(self)
@@ -185,10 +207,24 @@ class LocalBackend:
         if max_batch < 1:
             raise ConfigError(f"max_batch must be >= 1, got {max_batch}")
         self.bundle = str(Path(bundle).resolve())
-        self.counts = {DATA: data_instances, PARITY: parity_instances, BACKUP: backup_instances}
-        self.service_ms, self.per_item_ms, self.max_batch = service_ms, per_item_ms, max_batch
-        self.backup_service_ms = service_ms / 2 if backup_service_ms is None else backup_service_ms
-        self.noop, self.restart, self.restart_backoff_s = noop, restart, restart_backoff_s
+        self.counts = {
+            DATA: data_instances,
+            PARITY: parity_instances,
+            BACKUP: backup_instances,
+        }
+        self.service_ms, self.per_item_ms, self.max_batch = (
+            service_ms,
+            per_item_ms,
+            max_batch,
+        )
+        self.backup_service_ms = (
+            service_ms / 2 if backup_service_ms is None else backup_service_ms
+        )
+        self.noop, self.restart, self.restart_backoff_s = (
+            noop,
+            restart,
+            restart_backoff_s,
+        )
         self.restarts = 0
         self.hang_timeout_s = hang_timeout_s
         self._watchdog: asyncio.Task[None] | None = None
@@ -206,7 +242,9 @@ class LocalBackend:
         """
         self.handler = handler
         self._logdir = tempfile.TemporaryDirectory(prefix="learncc-instances-")
-        starts = [self._spawn(role, i) for role, n in self.counts.items() for i in range(n)]
+        starts = [
+            self._spawn(role, i) for role, n in self.counts.items() for i in range(n)
+        ]
         try:
             await asyncio.wait_for(asyncio.gather(*starts), self.start_timeout_s)
         except (TimeoutError, BackendUnavailableError) as e:
@@ -218,15 +256,25 @@ class LocalBackend:
             ) from None
         if self.hang_timeout_s is not None:
             self._watchdog = asyncio.get_running_loop().create_task(self._watch())
-        logger.info("local backend up: %d data + %d parity + %d backup instances",
-                    self.counts[DATA], self.counts[PARITY], self.counts[BACKUP])  # fmt: skip
+        logger.info(
+            "local backend up: %d data + %d parity + %d backup instances",
+            self.counts[DATA],
+            self.counts[PARITY],
+            self.counts[BACKUP],
+        )
 
     async def _spawn(self, role: str, index: int) -> None:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        spec = {"bundle": self.bundle, "role": role, "max_batch": self.max_batch,
-                "service_ms": self.backup_service_ms if role == BACKUP else self.service_ms,
-                "per_item_ms": self.per_item_ms, "index": index, "noop": self.noop}  # fmt: skip
+        spec = {
+            "bundle": self.bundle,
+            "role": role,
+            "max_batch": self.max_batch,
+            "service_ms": self.backup_service_ms if role == BACKUP else self.service_ms,
+            "per_item_ms": self.per_item_ms,
+            "index": index,
+            "noop": self.noop,
+        }
         if role == PARITY:
             spec["index"] = index % max(1, self._parity_models())
         assert self._logdir is not None
@@ -236,11 +284,21 @@ class LocalBackend:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         with open(inst.stderr_path, "wb") as err:
             inst.process = subprocess.Popen(
-                [sys.executable, "-m", "learncc.serving.worker",
-                 "--fd", str(theirs.fileno()), "--spec", json.dumps(spec)],
-                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=err, env=env,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "learncc.serving.worker",
+                    "--fd",
+                    str(theirs.fileno()),
+                    "--spec",
+                    json.dumps(spec),
+                ],
+                pass_fds=[theirs.fileno()],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=env,
+            )
         theirs.close()
         self.instances[(role, index)] = inst
         await loop.create_unix_connection(lambda: inst, sock=ours)
@@ -260,7 +318,9 @@ class LocalBackend:
         if not inst.outstanding:
             inst.last_progress = time.monotonic()
         inst.outstanding.add(tag)
-        inst.transport.write(P.frame(P.INFER, tag, np.ascontiguousarray(x, np.float32).tobytes()))
+        inst.transport.write(
+            P.frame(P.INFER, tag, np.ascontiguousarray(x, np.float32).tobytes())
+        )
 
     def cancel(self, role: str, index: int, tag: int) -> None:
         inst = self.instances[(role, index)]
@@ -274,16 +334,28 @@ class LocalBackend:
             now = time.monotonic()
             for inst in list(self.instances.values()):
                 stalled = now - inst.last_progress > self.hang_timeout_s
-                if inst.is_alive and inst.outstanding and stalled and inst.process is not None:
-                    logger.warning("instance %s/%d sent nothing for %.1f s with %d queries "
-                                   "in flight; killing it as hung", inst.role, inst.index,
-                                   now - inst.last_progress, len(inst.outstanding))  # fmt: skip
+                if (
+                    inst.is_alive
+                    and inst.outstanding
+                    and stalled
+                    and inst.process is not None
+                ):
+                    logger.warning(
+                        "instance %s/%d sent nothing for %.1f s with %d queries "
+                        "in flight; killing it as hung",
+                        inst.role,
+                        inst.index,
+                        now - inst.last_progress,
+                        len(inst.outstanding),
+                    )
                     inst.process.kill()
 
     def instance_down(self, inst: _Instance) -> None:
         """Called when an instance's connection drops while we are serving."""
         if self.restart and not self.closing:
-            task = asyncio.get_running_loop().create_task(self._respawn(inst.role, inst.index))
+            task = asyncio.get_running_loop().create_task(
+                self._respawn(inst.role, inst.index)
+            )
             self._respawns.add(task)
             task.add_done_callback(self._respawns.discard)
 
@@ -301,8 +373,13 @@ class LocalBackend:
             try:
                 await asyncio.wait_for(self._spawn(role, index), self.start_timeout_s)
             except (TimeoutError, BackendUnavailableError, OSError) as e:
-                logger.warning("restarting instance %s/%d failed (%s); next try in %.1f s",
-                               role, index, e, min(2 * backoff, 10.0))  # fmt: skip
+                logger.warning(
+                    "restarting instance %s/%d failed (%s); next try in %.1f s",
+                    role,
+                    index,
+                    e,
+                    min(2 * backoff, 10.0),
+                )
                 backoff = min(2 * backoff, 10.0)
                 continue
             self.restarts += 1
@@ -339,7 +416,11 @@ class LocalBackend:
         if not asked:
             return {}
         await asyncio.wait([f for _, f in asked], timeout=timeout_s)
-        return {key: f.result()["service_ms"] for key, f in asked if f.done() and not f.exception()}
+        return {
+            key: f.result()["service_ms"]
+            for key, f in asked
+            if f.done() and not f.exception()
+        }
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Stop every instance: ask politely, then kill after ``timeout_s``."""

@@ -125,7 +125,9 @@ def deployment(
         raise UnknownNameError("mode", mode, list(MODES))
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     if loaded.path is None:
-        raise ConfigError("the bundle must be saved to a directory for instances to load it")
+        raise ConfigError(
+            "the bundle must be saved to a directory for instances to load it"
+        )
     code = loaded.code
     shape = plan(mode, m=m, k=code.k, r=code.r)
     if mode == "cheap" and getattr(loaded, "backup", None) is None and not noop:

@@ -206,13 +206,22 @@ class Frontend:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if batch_size > 1 and policy == "shared-queue":
-            raise ConfigError("shared-queue hands out one query at a time; use batch_size=1")
+            raise ConfigError(
+                "shared-queue hands out one query at a time; use batch_size=1"
+            )
         if policy not in POLICIES:
-            raise ConfigError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+            raise ConfigError(
+                f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}"
+            )
         if redundancy is not None and redundancy not in REDUNDANCY:
-            raise ConfigError(f"unknown redundancy {redundancy!r}; choose one of {', '.join(REDUNDANCY)}")
+            raise ConfigError(
+                f"unknown redundancy {redundancy!r}; "
+                f"choose one of {', '.join(REDUNDANCY)}"
+            )
         if redundancy is not None and coding is not None:
-            raise ConfigError(f"redundancy {redundancy!r} is a baseline for uncoded serving")
+            raise ConfigError(
+                f"redundancy {redundancy!r} is a baseline for uncoded serving"
+            )
         self.backend = backend
         self.coding = coding
         self.policy, self.redundancy = policy, redundancy
@@ -230,9 +239,14 @@ class Frontend:
                     f"members land on distinct instances; got {counts[DATA]}"
                 )
             if counts.get(PARITY, 0) < r:
-                raise ConfigError(f"r={r} needs at least {r} parity instances, got {counts.get(PARITY, 0)}")
+                raise ConfigError(
+                    f"r={r} needs at least {r} parity instances, "
+                    f"got {counts.get(PARITY, 0)}"
+                )
         if redundancy in ("hedge", "replicate") and counts[DATA] < 2:
-            raise ConfigError(f"{redundancy} needs at least 2 data instances, got {counts[DATA]}")
+            raise ConfigError(
+                f"{redundancy} needs at least 2 data instances, got {counts[DATA]}"
+            )
         if redundancy == "cheap" and counts.get(BACKUP, 0) < 1:
             raise ConfigError("cheap needs at least 1 backup instance")
         self._ids = itertools.count()
@@ -246,9 +260,21 @@ class Frontend:
         self._latency = RunningQuantiles()
         self._closed = False
         self._counts = dict.fromkeys(
-            ("accepted", "answered", "reconstructed", "failed", "timed_out", "refused",
-             "defaulted", "backup_used", "hedged", "late_discarded", "redispatched"), 0,
-        )  # fmt: skip
+            (
+                "accepted",
+                "answered",
+                "reconstructed",
+                "failed",
+                "timed_out",
+                "refused",
+                "defaulted",
+                "backup_used",
+                "hedged",
+                "late_discarded",
+                "redispatched",
+            ),
+            0,
+        )
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -270,8 +296,12 @@ class Frontend:
         await self.close()
 
     def statistics(self) -> Statistics:
-        return Statistics(**self._counts, pending=len(self._pending),
-                          queued=len(self._shared), groups_open=len(self._groups))  # fmt: skip
+        return Statistics(
+            **self._counts,
+            pending=len(self._pending),
+            queued=len(self._shared),
+            groups_open=len(self._groups),
+        )
 
     # -- the query path ----------------------------------------------------
 
@@ -282,9 +312,14 @@ class Frontend:
             BadQueryError: wrong shape or dtype, or non-finite values.
         """
         if not isinstance(x, np.ndarray):
-            raise BadQueryError(f"a query must be a NumPy array, got {type(x).__name__}")
+            raise BadQueryError(
+                f"a query must be a NumPy array, got {type(x).__name__}"
+            )
         if x.shape != self.input_shape:
-            raise BadQueryError(f"query shape {x.shape} does not match the model's input {self.input_shape}")
+            raise BadQueryError(
+                f"query shape {x.shape} does not match the model's input "
+                f"{self.input_shape}"
+            )
         if x.dtype.kind not in "fiu":
             raise BadQueryError(f"query dtype {x.dtype} is not numeric; send float32")
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -309,7 +344,9 @@ class Frontend:
         """
         return await self.submit(x, deadline_s=deadline_s)
 
-    def submit(self, x: np.ndarray, *, deadline_s: float | None = None) -> asyncio.Future[Answer]:
+    def submit(
+        self, x: np.ndarray, *, deadline_s: float | None = None
+    ) -> asyncio.Future[Answer]:
         """Accept one query and return the future of its answer (see ``infer``)."""
         if self._closed:
             raise FrontendClosedError("the frontend is closed")
@@ -344,11 +381,15 @@ class Frontend:
             if self.coding is not None:
                 r = self.coding.decoder.r
                 for _ in range(self.batch_size):
-                    group = _Group(next(self._gids), outputs=[None] * k, parity=[None] * r)
+                    group = _Group(
+                        next(self._gids), outputs=[None] * k, parity=[None] * r
+                    )
                     self._groups[group.gid] = group
                     groups.append(group)
             window = self._window = _Window(groups)
-            window.flush = self._loop.call_later(self.flush_timeout_s, self._close_window, window)
+            window.flush = self._loop.call_later(
+                self.flush_timeout_s, self._close_window, window
+            )
         position = window.count % self.batch_size
         if window.groups:
             group = window.groups[position]
@@ -392,23 +433,38 @@ class Frontend:
         if window.groups:
             self._seal(window.groups)
 
-    def _pick(self, role: str, avoid: set[int] | frozenset[int] = frozenset(),
-              among: range | None = None) -> int:  # fmt: skip
+    def _pick(
+        self,
+        role: str,
+        avoid: set[int] | frozenset[int] = frozenset(),
+        among: range | None = None,
+    ) -> int:
         """An instance of ``role`` by the dispatch policy, avoiding ``avoid``
         where another live instance exists."""
         backend = self.backend
         n = backend.counts[role]
         if self.policy == "shortest-queue":
-            live = [i for i in (among if among is not None else range(n))
-                    if backend.alive(role, i)]  # fmt: skip
+            live = [
+                i
+                for i in (among if among is not None else range(n))
+                if backend.alive(role, i)
+            ]
             if not live:
                 raise BackendUnavailableError(f"no live {role} instance")
             preferred = [i for i in live if i not in avoid] or live
             start = self._rr[role]
-            choice = min(preferred, key=lambda i: (backend.depth(role, i), (i - start) % n))
+            choice = min(
+                preferred, key=lambda i: (backend.depth(role, i), (i - start) % n)
+            )
         else:
-            choice = pick_instance(n, self._rr[role], lambda i: backend.alive(role, i),
-                                   avoid, among, role=role)  # fmt: skip
+            choice = pick_instance(
+                n,
+                self._rr[role],
+                lambda i: backend.alive(role, i),
+                avoid,
+                among,
+                role=role,
+            )
         self._rr[role] = (choice + 1) % n
         return choice
 
@@ -448,17 +504,26 @@ class Frontend:
         member of its coding group; the scan is bounded by the queue length.
         """
         n = self.backend.counts[DATA]
-        idle = [i for i in range(n) if i not in self._busy and self.backend.alive(DATA, i)]
+        idle = [
+            i for i in range(n) if i not in self._busy and self.backend.alive(DATA, i)
+        ]
         if not any(self.backend.alive(DATA, i) for i in range(n)):
             while self._shared:
-                self._fail(self._shared.popleft(), BackendUnavailableError("no live data instance"))
+                self._fail(
+                    self._shared.popleft(),
+                    BackendUnavailableError("no live data instance"),
+                )
             return
         for index in idle:
             for _ in range(len(self._shared)):
                 query = self._shared.popleft()
                 if query.qid not in self._pending:
                     continue  # answered while queued (reconstructed, timed out)
-                taken = query.group.instances if query.group is not None else set(query.copies)
+                taken = (
+                    query.group.instances
+                    if query.group is not None
+                    else set(query.copies)
+                )
                 if index in taken and len(taken) < n:
                     self._shared.append(query)
                     continue
@@ -509,10 +574,15 @@ class Frontend:
             live.append(group)
         if not live:
             return
-        inputs = np.stack([
-            np.stack([q.x for q in g.members] + [self.coding.fill_input] * (k - len(g.members)))
-            for g in live
-        ])  # (G, k, *in)
+        inputs = np.stack(
+            [
+                np.stack(
+                    [q.x for q in g.members]
+                    + [self.coding.fill_input] * (k - len(g.members))
+                )
+                for g in live
+            ]
+        )  # (G, k, *in)
         parity = self.coding.encoder.encode_numpy(inputs)  # (G, r, *in)
         n_parity = self.backend.counts[PARITY]
         for j in range(r):
@@ -532,7 +602,12 @@ class Frontend:
     # -- results -----------------------------------------------------------
 
     def on_result(
-        self, role: str, index: int, tag: int, output: np.ndarray | None, error: str | None
+        self,
+        role: str,
+        index: int,
+        tag: int,
+        output: np.ndarray | None,
+        error: str | None,
     ) -> None:
         if role == PARITY:
             assert self.coding is not None
@@ -556,7 +631,12 @@ class Frontend:
             if index in query.copies and len(query.copies) > 1:
                 query.copies.remove(index)  # another copy may still answer
             else:
-                self._fail(query, BackendUnavailableError(f"instance data/{index} failed the query: {error}"))
+                self._fail(
+                    query,
+                    BackendUnavailableError(
+                        f"instance data/{index} failed the query: {error}"
+                    ),
+                )
         else:
             if query.group is not None:
                 query.group.outputs[query.slot] = output
@@ -582,7 +662,9 @@ class Frontend:
             self._use_backup(query, output)
         else:
             query.backup_output = output
-            query.extra = self._loop.call_later(median - waited, self._use_backup, query, output)
+            query.extra = self._loop.call_later(
+                median - waited, self._use_backup, query, output
+            )
 
     def _use_backup(self, query: _Query, output: np.ndarray) -> None:
         if query.qid in self._pending:
@@ -591,7 +673,8 @@ class Frontend:
 
     def on_down(self, role: str, index: int, lost: list[int]) -> None:
         if role != DATA or self._closed:
-            return  # the groups lose their parity (or backup); members are answered as usual
+            # the groups lose their parity (or backup); members are answered as usual
+            return
         self._busy.discard(index)
         for tag in lost:
             query = self._pending.get(tag)
@@ -616,13 +699,17 @@ class Frontend:
         if not group.sealed:
             return
         decoder = self.coding.decoder
-        available = [o is not None for o in group.outputs] + [p is not None for p in group.parity]
+        available = [o is not None for o in group.outputs] + [
+            p is not None for p in group.parity
+        ]
         if not decoder.can_decode(available):
             return
         shape = self.coding.fill_output.shape
         nan = np.full(shape, np.nan, dtype=np.float32)
         data = np.stack([nan if o is None else o.reshape(shape) for o in group.outputs])
-        parity = np.stack([nan if p is None else p.reshape(shape) for p in group.parity])
+        parity = np.stack(
+            [nan if p is None else p.reshape(shape) for p in group.parity]
+        )
         rebuilt = decoder.decode_numpy(data, parity, available)  # (k, *out)
         for query in waiting:
             self._counts["reconstructed"] += 1
@@ -665,7 +752,9 @@ class Frontend:
             return
         if query.deadline and self.default_output is not None:
             self._counts["defaulted"] += 1
-            self._answer(query, Answer(self.default_output, False, query.qid, default=True))
+            self._answer(
+                query, Answer(self.default_output, False, query.qid, default=True)
+            )
             return
         self._counts["timed_out"] += 1
         self._fail(query, QueryTimeoutError(query.qid, query.wait_s))

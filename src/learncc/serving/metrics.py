@@ -43,8 +43,21 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 # From 0.5 ms (a fast local answer) to 10 s (the default query timeout).
 LATENCY_BUCKETS_S = (
-    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
-)  # fmt: skip
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.02,
+    0.05,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
+)
 
 OUTCOMES = ("original", "reconstructed", "default")
 

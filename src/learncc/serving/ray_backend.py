@@ -168,8 +168,11 @@ class InstanceActor:
         floor = self.service_s + self.per_item_s * (len(xs) - 1)
         busy = max(time.monotonic() - start, floor)
         moved = int(np.asarray(xs).nbytes + out.nbytes)
-        delay = (busy * self.schedule.slow_factor(start) + self.schedule.jitter()
-                 + self.schedule.transport(moved))  # fmt: skip
+        delay = (
+            busy * self.schedule.slow_factor(start)
+            + self.schedule.jitter()
+            + self.schedule.transport(moved)
+        )
         remaining = start + delay - time.monotonic()
         if remaining > 0:
             time.sleep(remaining)
@@ -384,9 +387,14 @@ class RayBackend:
     def _create(self, slot: _Slot) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        spec = {"role": slot.role, "index": slot.index, "service_ms": self.service_ms,
-                "per_item_ms": self.per_item_ms, "max_batch": self.max_batch,
-                "noop": self.noop}  # fmt: skip
+        spec = {
+            "role": slot.role,
+            "index": slot.index,
+            "service_ms": self.service_ms,
+            "per_item_ms": self.per_item_ms,
+            "max_batch": self.max_batch,
+            "noop": self.noop,
+        }
         if slot.role == PARITY:
             spec["index"] = slot.index % max(1, self._parity_models())
         if not self.ship_bundle:
@@ -526,9 +534,13 @@ class RayBackend:
         )
         self.handler.on_down(slot.role, slot.index, lost)
         if slot.restarts >= self.max_restarts:
-            logger.warning("instance %s/%d stays down after %d replacements; raise "
-                           "max_restarts to keep replacing it", slot.role, slot.index,
-                           slot.restarts)  # fmt: skip
+            logger.warning(
+                "instance %s/%d stays down after %d replacements; raise "
+                "max_restarts to keep replacing it",
+                slot.role,
+                slot.index,
+                slot.restarts,
+            )
             return
         task = self._loop.create_task(self._replace(slot))
         self._tasks.add(task)
@@ -555,8 +567,12 @@ class RayBackend:
                 await asyncio.wait_for(self._await_ready(slot), self.start_timeout_s)
                 break
             except (TimeoutError, BackendUnavailableError):
-                logger.exception("replacing instance %s/%d failed (attempt %d)",
-                                 slot.role, slot.index, attempt + 1)  # fmt: skip
+                logger.exception(
+                    "replacing instance %s/%d failed (attempt %d)",
+                    slot.role,
+                    slot.index,
+                    attempt + 1,
+                )
                 await asyncio.sleep(1.0)
         else:
             return
@@ -568,8 +584,13 @@ class RayBackend:
                 message
             )
         slot.is_alive = not self.closing
-        logger.info("instance %s/%d is back (replacement %d, pid %s)",
-                    slot.role, slot.index, slot.restarts, slot.pid)  # fmt: skip
+        logger.info(
+            "instance %s/%d is back (replacement %d, pid %s)",
+            slot.role,
+            slot.index,
+            slot.restarts,
+            slot.pid,
+        )
 
     # -- introspection and control -----------------------------------------
 

@@ -51,7 +51,9 @@ class SlowdownConfig:
         if self.slow_factor < 1:
             raise ConfigError(f"slow_factor must be >= 1, got {self.slow_factor}")
         if not 0 <= self.slow_fraction < 1:
-            raise ConfigError(f"slow_fraction must be in [0, 1), got {self.slow_fraction}")
+            raise ConfigError(
+                f"slow_fraction must be in [0, 1), got {self.slow_fraction}"
+            )
         if self.episode_ms <= 0 or self.jitter_ms < 0:
             raise ConfigError("episode_ms must be > 0 and jitter_ms >= 0")
         if self.net_delay_ms < 0 or self.net_mbps < 0:
@@ -59,7 +61,9 @@ class SlowdownConfig:
         if self.background_procs < 0 or self.colocated_procs < 0:
             raise ConfigError("background_procs and colocated_procs must be >= 0")
         if self.fail_mode not in ("hang", "crash"):
-            raise ConfigError(f"fail_mode must be 'hang' or 'crash', got {self.fail_mode!r}")
+            raise ConfigError(
+                f"fail_mode must be 'hang' or 'crash', got {self.fail_mode!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

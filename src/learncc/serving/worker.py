@@ -41,7 +41,9 @@ def load_model(spec: dict[str, Any]) -> tuple[Any, tuple[int, ...]]:
     bundle = load_bundle(spec["bundle"])
     if spec.get("noop"):
         out_shape = tuple(bundle.fill_output.shape)
-        return (lambda batch: np.zeros((len(batch), *out_shape), np.float32)), bundle.input_shape
+        return (
+            lambda batch: np.zeros((len(batch), *out_shape), np.float32)
+        ), bundle.input_shape
     if spec["role"] == "data":
         model = bundle.base
     elif spec["role"] == "parity":
@@ -49,7 +51,9 @@ def load_model(spec: dict[str, Any]) -> tuple[Any, tuple[int, ...]]:
     else:
         model = getattr(bundle, "backup", None)
         if model is None:
-            raise BundleError(f"{spec['bundle']} has no backup model (needed by mode cheap)")
+            raise BundleError(
+                f"{spec['bundle']} has no backup model (needed by mode cheap)"
+            )
 
     @torch.inference_mode()
     def run(batch: np.ndarray) -> np.ndarray:
@@ -120,14 +124,21 @@ def serve(sock: socket.socket, spec: dict[str, Any]) -> None:
             # bytearray: torch wants a writable buffer
             x = np.frombuffer(bytearray(b"".join(p for _, p in good)), dtype=np.float32)
             out = run(x.reshape(len(good), *input_shape))
-            replies += [P.frame(P.RESULT, tag, out[i].tobytes()) for i, (tag, _) in enumerate(good)]
+            replies += [
+                P.frame(P.RESULT, tag, out[i].tobytes())
+                for i, (tag, _) in enumerate(good)
+            ]
 
         # emulate the service time: at least the floor, stretched while slow,
         # then the transport: a fixed delay plus the bytes at the link's rate
         floor = service_s + per_item_s * (len(batch) - 1)
         busy = max(time.monotonic() - start, floor)
         moved = sum(len(p) for _, p in batch) + sum(len(r) for r in replies)
-        delay = busy * schedule.slow_factor(start) + schedule.jitter() + schedule.transport(moved)
+        delay = (
+            busy * schedule.slow_factor(start)
+            + schedule.jitter()
+            + schedule.transport(moved)
+        )
         remaining = start + delay - time.monotonic()
         if remaining > 0:
             time.sleep(remaining)

@@ -101,10 +101,19 @@ def simulate(
     _setup_logging(quiet)
     started = time.perf_counter()
     settings, sweep = load_config(config) if config is not None else ({}, {})
-    given = {"m": instances, "r": r, "duration_s": duration, "warmup_s": warmup,
-             "modes": modes, "service": service, "slowdown": slowdown,
-             "node_size": node_size, "max_batch": max_batch,
-             "overhead_ms": overhead_ms, "seed": seed}  # fmt: skip
+    given = {
+        "m": instances,
+        "r": r,
+        "duration_s": duration,
+        "warmup_s": warmup,
+        "modes": modes,
+        "service": service,
+        "slowdown": slowdown,
+        "node_size": node_size,
+        "max_batch": max_batch,
+        "overhead_ms": overhead_ms,
+        "seed": seed,
+    }
     settings.update({key: v for key, v in given.items() if v is not None})
     for option, key, cast, text in (
         ("--k", "k", int, k),
@@ -122,15 +131,19 @@ def simulate(
     runs = run_sweep(settings, sweep)
     for point, cfg, results in runs:
         where = ", ".join(f"{key}={v}" for key, v in point.items())
-        console.print(latency_table(
-            {mode: res.to_dict() for mode, res in results.items()},
-            f"simulated latency (ms), m={cfg.m}, k={cfg.k}, {cfg.rate_qps:g} q/s, "
-            f"slowdown {cfg.slowdown!r}" + (f" [{where}]" if where else ""),
-        ))  # fmt: skip
+        console.print(
+            latency_table(
+                {mode: res.to_dict() for mode, res in results.items()},
+                f"simulated latency (ms), m={cfg.m}, k={cfg.k}, {cfg.rate_qps:g} q/s, "
+                f"slowdown {cfg.slowdown!r}" + (f" [{where}]" if where else ""),
+            )
+        )
         for mode, res in results.items():
-            console.print(f"  {mode}: {res.instances} instances, "
-                          f"{100 * res.reconstructed_fraction:.2f}% by redundancy, "
-                          f"simulated in {res.wall_s:.1f} s")  # fmt: skip
+            console.print(
+                f"  {mode}: {res.instances} instances, "
+                f"{100 * res.reconstructed_fraction:.2f}% by redundancy, "
+                f"simulated in {res.wall_s:.1f} s"
+            )
 
     written = [out / "results.json"]
     if not sweep:

@@ -202,13 +202,22 @@ def from_bench(
     """
     return SimConfig(
         modes=tuple(modes if modes is not None else bench.modes),
-        m=bench.m, k=k, r=r, decoder=decoder,
-        rate_qps=bench.rate_qps, duration_s=bench.duration_s, warmup_s=bench.warmup_s,
+        m=bench.m,
+        k=k,
+        r=r,
+        decoder=decoder,
+        rate_qps=bench.rate_qps,
+        duration_s=bench.duration_s,
+        warmup_s=bench.warmup_s,
         service=Deterministic(bench.service_ms),
-        slowdown=bench.slowdown, slowdown_overrides=dict(bench.slowdown_overrides),
-        max_batch=bench.max_batch, flush_timeout_s=bench.flush_timeout_s,
-        query_timeout_s=bench.query_timeout_s, overhead_ms=overhead_ms, seed=bench.seed,
-    )  # fmt: skip
+        slowdown=bench.slowdown,
+        slowdown_overrides=dict(bench.slowdown_overrides),
+        max_batch=bench.max_batch,
+        flush_timeout_s=bench.flush_timeout_s,
+        query_timeout_s=bench.query_timeout_s,
+        overhead_ms=overhead_ms,
+        seed=bench.seed,
+    )
 
 
 @dataclass(frozen=True)
@@ -261,10 +270,27 @@ class _Event:
 
 class _Instance:
     __slots__ = (
-        "role", "index", "g", "queue", "busy", "starts", "ends", "ep", "slow_from",
-        "slow_until", "factor", "fail_at", "crash", "rng", "buf", "pos", "scale",
-        "jitter_s", "jrng", "deliver",
-    )  # fmt: skip
+        "role",
+        "index",
+        "g",
+        "queue",
+        "busy",
+        "starts",
+        "ends",
+        "ep",
+        "slow_from",
+        "slow_until",
+        "factor",
+        "fail_at",
+        "crash",
+        "rng",
+        "buf",
+        "pos",
+        "scale",
+        "jitter_s",
+        "jrng",
+        "deliver",
+    )
 
     def __init__(self, role: str, index: int, g: int) -> None:
         self.role, self.index, self.g = role, index, g
@@ -299,8 +325,9 @@ class _Group:
 class _Engine:
     """One mode of one configuration; ``run()`` once."""
 
-    def __init__(self, cfg: SimConfig, mode: str, arrivals_s: np.ndarray,
-                 record_waits: bool) -> None:  # fmt: skip
+    def __init__(
+        self, cfg: SimConfig, mode: str, arrivals_s: np.ndarray, record_waits: bool
+    ) -> None:
         self.cfg, self.mode = cfg, mode
         self.shape: Deployment = plan(mode, m=cfg.m, k=cfg.k, r=cfg.r)
         self.env = simpy.Environment()
@@ -338,8 +365,11 @@ class _Engine:
         cfg, shape = self.cfg, self.shape
         slowdown = cfg.slowdown_config()
         horizon_s = cfg.duration_s + 60  # as learncc.bench.run
-        roles = [("data", shape.data_instances), ("parity", shape.parity_instances),
-                 ("backup", shape.backup_instances)]  # fmt: skip
+        roles = [
+            ("data", shape.data_instances),
+            ("parity", shape.parity_instances),
+            ("backup", shape.backup_instances),
+        ]
         self.instances: dict[str, list[_Instance]] = {}
         self.alive: dict[str, list[bool]] = {}
         g = 0
@@ -370,15 +400,25 @@ class _Engine:
     # -- the event loop -----------------------------------------------------
 
     def run(self) -> None:
-        arrive = {"coded": self._arrive_coded, "none": self._arrive_plain,
-                  "equal": self._arrive_plain, "hedge": self._arrive_hedge,
-                  "replicate": self._arrive_replicate,
-                  "cheap": self._arrive_cheap}[self.mode]  # fmt: skip
-        deliver = {"coded": self._data_coded, "hedge": self._data_first,
-                   "replicate": self._data_first,
-                   "cheap": self._data_cheap}  # fmt: skip
-        by_role = {"data": deliver.get(self.mode, self._data_first),
-                   "parity": self._parity, "backup": self._backup}  # fmt: skip
+        arrive = {
+            "coded": self._arrive_coded,
+            "none": self._arrive_plain,
+            "equal": self._arrive_plain,
+            "hedge": self._arrive_hedge,
+            "replicate": self._arrive_replicate,
+            "cheap": self._arrive_cheap,
+        }[self.mode]
+        deliver = {
+            "coded": self._data_coded,
+            "hedge": self._data_first,
+            "replicate": self._data_first,
+            "cheap": self._data_cheap,
+        }
+        by_role = {
+            "data": deliver.get(self.mode, self._data_first),
+            "parity": self._parity,
+            "backup": self._backup,
+        }
         for role, insts in self.instances.items():
             for inst in insts:
                 inst.deliver = by_role[role]
@@ -727,17 +767,29 @@ class _Engine:
             served = ok & (started >= 0)
             waits = (started[served] - arrivals[served]) * 1000
         return SimResult(
-            p50=p50, p99=p99, p999=p999, mean=mean, max=peak, n=n,
-            reconstructed=reconstructed, errors=int(counted.sum()) - n, top1=None,
+            p50=p50,
+            p99=p99,
+            p999=p999,
+            mean=mean,
+            max=peak,
+            n=n,
+            reconstructed=reconstructed,
+            errors=int(counted.sum()) - n,
+            top1=None,
             achieved_qps=n / span if span > 0 else 0.0,
-            instances=shape.instances, data_instances=shape.data_instances,
+            instances=shape.instances,
+            data_instances=shape.data_instances,
             parity_instances=shape.parity_instances,
             backup_instances=shape.backup_instances,
             reconstructed_fraction=reconstructed / n if n else 0.0,
-            duplicates=self.counts["duplicates"], late_discarded=self.counts["late"],
-            redispatched=self.counts["redispatched"], events=self.events,
-            wall_s=wall_s, latencies_ms=latency_ms, waits_ms=waits,
-        )  # fmt: skip
+            duplicates=self.counts["duplicates"],
+            late_discarded=self.counts["late"],
+            redispatched=self.counts["redispatched"],
+            events=self.events,
+            wall_s=wall_s,
+            latencies_ms=latency_ms,
+            waits_ms=waits,
+        )
 
 
 def _percentiles(latency_ms: np.ndarray) -> tuple[float, float, float, float, float]:
@@ -763,8 +815,9 @@ def _percentiles(latency_ms: np.ndarray) -> tuple[float, float, float, float, fl
 def arrival_trace(cfg: SimConfig) -> Trace:
     """The Poisson arrivals ``learncc bench`` offers for the same rate,
     duration and seed."""
-    return poisson_trace(rate_qps=cfg.rate_qps, duration_s=cfg.duration_s, pool=1,
-                         seed=cfg.seed)  # fmt: skip
+    return poisson_trace(
+        rate_qps=cfg.rate_qps, duration_s=cfg.duration_s, pool=1, seed=cfg.seed
+    )
 
 
 def simulate_mode(
@@ -803,8 +856,13 @@ def simulate_mode(
     engine.run()
     wall_s = time.perf_counter() - started
     result = engine.result(wall_s)
-    logger.info("simulated %s: %d queries, %d events in %.1f s", mode, len(arrivals_s),
-                result.events, wall_s)  # fmt: skip
+    logger.info(
+        "simulated %s: %d queries, %d events in %.1f s",
+        mode,
+        len(arrivals_s),
+        result.events,
+        wall_s,
+    )
     return result
 
 

@@ -157,8 +157,12 @@ class Bimodal(ServiceModel):
         return self.fast_ms + self.slow_p * (self.slow_ms - self.fast_ms)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "fast_ms": self.fast_ms, "slow_ms": self.slow_ms,
-                "slow_p": self.slow_p}  # fmt: skip
+        return {
+            "name": self.name,
+            "fast_ms": self.fast_ms,
+            "slow_ms": self.slow_ms,
+            "slow_p": self.slow_p,
+        }
 
 
 @dataclass(frozen=True)
@@ -208,9 +212,13 @@ class Measured(ServiceModel):
         return float(np.mean(np.concatenate(list(self.samples.values()))))
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "source": self.source, "pooled": self.pooled,
-                "instances": len(self.samples),
-                "samples": int(sum(len(v) for v in self.samples.values()))}  # fmt: skip
+        return {
+            "name": self.name,
+            "source": self.source,
+            "pooled": self.pooled,
+            "instances": len(self.samples),
+            "samples": int(sum(len(v) for v in self.samples.values())),
+        }
 
 
 def load_measured(
@@ -297,8 +305,9 @@ def parse_service(spec: str | dict[str, Any]) -> ServiceModel:
             return Exponential(numbers.pop("mean_ms"), **_no_extra(name, numbers))
         if name == "lognormal":
             return LogNormal(numbers.pop("mean_ms"), **_no_extra(name, numbers))
-        return Bimodal(numbers.pop("fast_ms"), numbers.pop("slow_ms"),
-                       **_no_extra(name, numbers))  # fmt: skip
+        return Bimodal(
+            numbers.pop("fast_ms"), numbers.pop("slow_ms"), **_no_extra(name, numbers)
+        )
     except KeyError as e:
         raise ConfigError(
             f"service model {name!r} needs parameter {e.args[0]}"

@@ -161,8 +161,12 @@ def plot_sweep(
     for ax, stat, name in ((axes[0], "p99", "p99"), (axes[1], "p999", "p99.9")):
         for label, points in lines.items():
             points.sort(key=lambda p: p[0])
-            ax.plot([p[0] for p in points], [getattr(r, stat) for _, r in points],
-                    marker="o", label=label)  # fmt: skip
+            ax.plot(
+                [p[0] for p in points],
+                [getattr(r, stat) for _, r in points],
+                marker="o",
+                label=label,
+            )
         ax.set(xlabel=xlabel, ylabel=f"{name} latency (ms)", yscale="log", title=name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -68,7 +68,9 @@ def train_classifier(
     gen = torch.Generator().manual_seed(cfg.seed)
     x, y = torch.from_numpy(data.train.x), torch.from_numpy(data.train.y)
     steps = -(-len(y) // cfg.batch_size)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     schedule = one_cycle(optimizer, cfg, steps)
     augment = cfg.augment and x.dim() == 4  # affine augmentation needs images
     best: dict[str, Any] = {"val_top1": -1.0, "state": None, "epoch": -1}
@@ -88,10 +90,16 @@ def train_classifier(
 
         val = top1(model, data.val)
         if val > best["val_top1"]:
-            best = {"val_top1": val, "state": copy.deepcopy(model.state_dict()), "epoch": epoch}
+            best = {
+                "val_top1": val,
+                "state": copy.deepcopy(model.state_dict()),
+                "epoch": epoch,
+            }
         bar.set_postfix(loss=f"{loss.item():.3f}", val_top1=f"{val:.3f}")
 
     model.load_state_dict(best["state"])
     model.eval()
-    logger.info("base model: best epoch %d, val top-1 %.4f", best["epoch"], best["val_top1"])
+    logger.info(
+        "base model: best epoch %d, val top-1 %.4f", best["epoch"], best["val_top1"]
+    )
     return model, {"val_top1": best["val_top1"], "best_epoch": best["epoch"]}

@@ -249,8 +249,12 @@ def train_parity_regression(
         "state": copy.deepcopy(trained.state_dict()),
     }
 
-    bar = tqdm(range(cfg.epochs), desc=f"train parity (k={k}, r={r}, {metric})",
-               unit="epoch", disable=not progress)  # fmt: skip
+    bar = tqdm(
+        range(cfg.epochs),
+        desc=f"train parity (k={k}, r={r}, {metric})",
+        unit="epoch",
+        disable=not progress,
+    )
     for epoch in bar:
         trained.train()
         groups = make_groups(len(x), k, gen)  # new coding groups every epoch
@@ -279,9 +283,16 @@ def train_parity_regression(
         # keep the best epoch by the validation reconstruction metric
         trained.eval()
         val = evaluate_regression(
-            base, list(parity), encoder, decoder, data.val,
-            metric=metric, default_output=default, rounds=1, seed=cfg.seed,
-        )[f"reconstruction_{metric}"]  # fmt: skip
+            base,
+            list(parity),
+            encoder,
+            decoder,
+            data.val,
+            metric=metric,
+            default_output=default,
+            rounds=1,
+            seed=cfg.seed,
+        )[f"reconstruction_{metric}"]
         if best["val"] is None or (
             val > best["val"] if higher_better else val < best["val"]
         ):
@@ -296,10 +307,17 @@ def train_parity_regression(
 
     trained.load_state_dict(best["state"])
     trained.eval()
-    logger.info("parity model: best epoch %d, val reconstruction %s %.4f",
-                best["epoch"], metric, best["val"])  # fmt: skip
-    return {f"val_reconstruction_{metric}": best["val"], "best_epoch": best["epoch"],
-            "epochs_run": cfg.epochs}  # fmt: skip
+    logger.info(
+        "parity model: best epoch %d, val reconstruction %s %.4f",
+        best["epoch"],
+        metric,
+        best["val"],
+    )
+    return {
+        f"val_reconstruction_{metric}": best["val"],
+        "best_epoch": best["epoch"],
+        "epochs_run": cfg.epochs,
+    }
 
 
 def _check_task(f: BlackBoxModel, data: Dataset, metric: str, width: int) -> None:
@@ -396,20 +414,35 @@ def train_blackbox_bundle(
 
     started = time.perf_counter()
     if metric == "top1":
-        parity_metrics = train_parity(f, encoder, decoder, parity, data, parity_cfg,
-                                      loss=loss, progress=progress)  # fmt: skip
+        parity_metrics = train_parity(
+            f, encoder, decoder, parity, data, parity_cfg, loss=loss, progress=progress
+        )
         metrics = evaluate_code(
             f, parity, encoder, decoder, data.test, seed=parity_cfg.seed
         )
     else:
-        parity_metrics = train_parity_regression(f, encoder, decoder, parity, data,
-                                                 parity_cfg, metric=metric, loss=loss,
-                                                 progress=progress)  # fmt: skip
+        parity_metrics = train_parity_regression(
+            f,
+            encoder,
+            decoder,
+            parity,
+            data,
+            parity_cfg,
+            metric=metric,
+            loss=loss,
+            progress=progress,
+        )
         default = predict(f, torch.from_numpy(data.train.x)).mean(0)
         metrics = evaluate_regression(
-            f, parity, encoder, decoder, data.test,
-            metric=metric, default_output=default, seed=parity_cfg.seed,
-        )  # fmt: skip
+            f,
+            parity,
+            encoder,
+            decoder,
+            data.test,
+            metric=metric,
+            default_output=default,
+            seed=parity_cfg.seed,
+        )
     parity_s = time.perf_counter() - started
 
     fill_input = torch.from_numpy(np.ascontiguousarray(data.val.x[0]))
@@ -429,9 +462,13 @@ def train_blackbox_bundle(
             },
             "metrics": {**metrics, "parity_train": parity_metrics},
         },
-        base=f, parity=parity, encoder=encoder, decoder=decoder,
-        fill_input=fill_input, fill_output=fill_output,
-    )  # fmt: skip
+        base=f,
+        parity=parity,
+        encoder=encoder,
+        decoder=decoder,
+        fill_input=fill_input,
+        fill_output=fill_output,
+    )
     if out is not None:
         bundle.path = save_bundle(out, bundle)
         logger.info("bundle saved to %s", bundle.path)

@@ -61,5 +61,7 @@ def load_checkpoint(
             optim_state.setdefault(int(pid), {})[name] = tensor
         else:
             states.setdefault(prefix, {})[rest] = tensor
-    optimizer.load_state_dict({"state": optim_state, "param_groups": saved["param_groups"]})
+    optimizer.load_state_dict(
+        {"state": optim_state, "param_groups": saved["param_groups"]}
+    )
     return states, saved["meta"]

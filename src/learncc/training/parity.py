@@ -83,9 +83,11 @@ def code_loss(
         return F.mse_loss(got, want)
     if loss == "decode-kl":
         return F.kl_div(
-            F.log_softmax(got, -1), F.log_softmax(want, -1), log_target=True,
+            F.log_softmax(got, -1),
+            F.log_softmax(want, -1),
+            log_target=True,
             reduction="batchmean",
-        )  # fmt: skip
+        )
     return F.cross_entropy(got, labels[erased])
 
 
@@ -215,13 +217,20 @@ def train_parity(
     if start:
         # Rebuild the schedule at the step where the checkpoint stopped.
         schedule = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps,
+            optimizer,
+            max_lr=cfg.lr,
+            total_steps=cfg.epochs * steps,
             last_epoch=start * steps - 1,
-        )  # fmt: skip
+        )
 
-    bar = tqdm(range(start, cfg.epochs), desc=f"train code (k={k}, r={r})",
-               unit="epoch", disable=not progress, initial=start,
-               total=cfg.epochs)  # fmt: skip
+    bar = tqdm(
+        range(start, cfg.epochs),
+        desc=f"train code (k={k}, r={r})",
+        unit="epoch",
+        disable=not progress,
+        initial=start,
+        total=cfg.epochs,
+    )
     for epoch in bar:
         trained.train()
         for module in frozen:
@@ -251,8 +260,15 @@ def train_parity(
 
         # keep the best epoch by validation reconstruction accuracy
         trained.eval()
-        val = evaluate_code(base, list(trained["parity"]), encoder, decoder, data.val,
-                            rounds=1, seed=cfg.seed)["reconstruction_top1"]  # fmt: skip
+        val = evaluate_code(
+            base,
+            list(trained["parity"]),
+            encoder,
+            decoder,
+            data.val,
+            rounds=1,
+            seed=cfg.seed,
+        )["reconstruction_top1"]
         if val > best["val"]:
             best = {
                 "val": val,
@@ -263,16 +279,28 @@ def train_parity(
         if checkpoint_dir is not None:
             save_checkpoint(
                 checkpoint_dir,
-                states={"current": trained.state_dict(), "best": best["state"],
-                        "rng": {"generator": gen.get_state()}},
+                states={
+                    "current": trained.state_dict(),
+                    "best": best["state"],
+                    "rng": {"generator": gen.get_state()},
+                },
                 optimizer=optimizer,
-                meta={"epoch": epoch, "best_val": best["val"],
-                      "best_epoch": best["epoch"]},
-            )  # fmt: skip
+                meta={
+                    "epoch": epoch,
+                    "best_val": best["val"],
+                    "best_epoch": best["epoch"],
+                },
+            )
 
     trained.load_state_dict(best["state"])
     trained.eval()
-    logger.info("parity model: best epoch %d, val reconstruction top-1 %.4f",
-                best["epoch"], best["val"])  # fmt: skip
-    return {"val_reconstruction_top1": best["val"], "best_epoch": best["epoch"],
-            "epochs_run": cfg.epochs - start}  # fmt: skip
+    logger.info(
+        "parity model: best epoch %d, val reconstruction top-1 %.4f",
+        best["epoch"],
+        best["val"],
+    )
+    return {
+        "val_reconstruction_top1": best["val"],
+        "best_epoch": best["epoch"],
+        "epochs_run": cfg.epochs - start,
+    }

@@ -45,8 +45,13 @@ def train_bundle(
     about two points of degraded top-1 over random initialisation.
     """
     torch.manual_seed(base_cfg.seed)
-    spec = model_spec(model, model_options or {}, data.input_shape, data.num_classes,
-                      data.normalization())  # fmt: skip
+    spec = model_spec(
+        model,
+        model_options or {},
+        data.input_shape,
+        data.num_classes,
+        data.normalization(),
+    )
     encoder, decoder = make_code(code, data.input_shape)
     base = build_from_spec(spec)
     started = time.perf_counter()
@@ -61,18 +66,34 @@ def train_bundle(
     for p in parity:
         p.load_state_dict(base.state_dict())
     started = time.perf_counter()
-    parity_metrics = train_parity(base, encoder, decoder, parity, data, parity_cfg,
-                                  checkpoint_dir=checkpoint_dir, resume=resume,
-                                  progress=progress)  # fmt: skip
+    parity_metrics = train_parity(
+        base,
+        encoder,
+        decoder,
+        parity,
+        data,
+        parity_cfg,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        progress=progress,
+    )
     parity_s = time.perf_counter() - started
-    metrics = evaluate_code(base, parity, encoder, decoder, data.test, seed=parity_cfg.seed)
+    metrics = evaluate_code(
+        base, parity, encoder, decoder, data.test, seed=parity_cfg.seed
+    )
 
     backup = backup_spec = None
     if backup_hidden is not None:
-        backup_spec = model_spec("mlp", {"hidden": list(backup_hidden)}, data.input_shape,
-                                 data.num_classes, data.normalization())  # fmt: skip
-        backup, backup_metrics = train_classifier(build_from_spec(backup_spec), data,
-                                                  base_cfg, progress=progress)  # fmt: skip
+        backup_spec = model_spec(
+            "mlp",
+            {"hidden": list(backup_hidden)},
+            data.input_shape,
+            data.num_classes,
+            data.normalization(),
+        )
+        backup, backup_metrics = train_classifier(
+            build_from_spec(backup_spec), data, base_cfg, progress=progress
+        )
         metrics["backup_top1"] = top1(backup, data.test)
 
     with torch.no_grad():
@@ -85,14 +106,27 @@ def train_bundle(
             "parity": {**spec, "count": code.r},
             "code": code.to_dict(),
             "data": data.describe(),
-            "train": {"base": base_cfg.to_dict(), "parity": parity_cfg.to_dict(),
-                      "base_s": base_s, "parity_s": parity_s},  # fmt: skip
-            "metrics": {**metrics, "base_train": base_metrics, "parity_train": parity_metrics},
+            "train": {
+                "base": base_cfg.to_dict(),
+                "parity": parity_cfg.to_dict(),
+                "base_s": base_s,
+                "parity_s": parity_s,
+            },
+            "metrics": {
+                **metrics,
+                "base_train": base_metrics,
+                "parity_train": parity_metrics,
+            },
             **({"backup": backup_spec} if backup_spec is not None else {}),
         },
-        base=base, parity=parity, encoder=encoder, decoder=decoder,
-        fill_input=fill_input, fill_output=fill_output, backup=backup,
-    )  # fmt: skip
+        base=base,
+        parity=parity,
+        encoder=encoder,
+        decoder=decoder,
+        fill_input=fill_input,
+        fill_output=fill_output,
+        backup=backup,
+    )
     if out is not None:
         bundle.path = save_bundle(out, bundle)
         logger.info("bundle saved to %s", bundle.path)

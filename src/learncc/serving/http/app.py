@@ -365,12 +365,14 @@ async def model(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     settings = service.settings
     output_shape = list(settings.output_shape) if settings.output_shape else None
-    return json_response({
-        "name": settings.model_name,
-        "input_shape": list(service.frontend.input_shape),
-        "output_shape": output_shape,
-        **settings.info,
-    })  # fmt: skip
+    return json_response(
+        {
+            "name": settings.model_name,
+            "input_shape": list(service.frontend.input_shape),
+            "output_shape": output_shape,
+            **settings.info,
+        }
+    )
 
 
 async def infer(request: web.Request) -> web.Response:

@@ -143,31 +143,37 @@ async def model_ready(request: web.Request) -> web.Response:
 
 
 async def server_metadata(_: web.Request) -> web.Response:
-    return json_response({
-        "name": "learncc",
-        "version": learncc.__version__,
-        "extensions": ["binary_tensor_data"],
-    })  # fmt: skip
+    return json_response(
+        {
+            "name": "learncc",
+            "version": learncc.__version__,
+            "extensions": ["binary_tensor_data"],
+        }
+    )
 
 
 async def model_metadata(request: web.Request) -> web.Response:
     service = _model(request)
     out = service.settings.output_shape
-    return json_response({
-        "name": service.settings.model_name,
-        "versions": [VERSION],
-        "platform": "learncc",
-        "inputs": [{
-            "name": INPUT_NAME,
-            "datatype": "FP32",
-            "shape": [-1, *service.frontend.input_shape],
-        }],
-        "outputs": [
-            {"name": "output", "datatype": "FP32", "shape": [-1, *(out or (-1,))]},
-            {"name": "reconstructed", "datatype": "BOOL", "shape": [-1]},
-            {"name": "default", "datatype": "BOOL", "shape": [-1]},
-        ],
-    })  # fmt: skip
+    return json_response(
+        {
+            "name": service.settings.model_name,
+            "versions": [VERSION],
+            "platform": "learncc",
+            "inputs": [
+                {
+                    "name": INPUT_NAME,
+                    "datatype": "FP32",
+                    "shape": [-1, *service.frontend.input_shape],
+                }
+            ],
+            "outputs": [
+                {"name": "output", "datatype": "FP32", "shape": [-1, *(out or (-1,))]},
+                {"name": "reconstructed", "datatype": "BOOL", "shape": [-1]},
+                {"name": "default", "datatype": "BOOL", "shape": [-1]},
+            ],
+        }
+    )
 
 
 # -- decoding a request -------------------------------------------------------
