@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from learncc.cli import app
 from learncc.errors import BackendUnavailableError, ConfigError, UnknownNameError
-from learncc.serving.deploy import ALL_MODES, plan
+from learncc.serving.deploy import MODES, plan
 from learncc.serving.policy import pick_instance
 from learncc.serving.slowdown import instance_schedule, preset
 from learncc.sim import (
@@ -101,7 +101,7 @@ def test_pick_instance_skips_group_members_then_falls_back() -> None:
 
 
 def test_plan_sizes_the_baselines_at_their_resources() -> None:
-    sizes = {mode: plan(mode, m=8, k=4, r=1) for mode in ALL_MODES}
+    sizes = {mode: plan(mode, m=8, k=4, r=1) for mode in MODES}
     got = {
         m: (d.data_instances, d.parity_instances, d.backup_instances, d.instances)
         for m, d in sizes.items()

@@ -546,6 +546,8 @@ def serve(
     if deadline_ms is not None and not deadline_ms > 0:
         raise ConfigError(f"--deadline-ms must be > 0, got {deadline_ms}")
     loaded = load_bundle(bundle)
+    fill = loaded.fill_output.numpy().astype(np.float32)
+    answers = {"none": None, "zeros": np.zeros_like(fill), "fill": fill}
     frontend, shape = deployment(
         loaded,
         mode,
@@ -553,13 +555,10 @@ def serve(
         service_ms=service_ms,
         query_timeout_s=query_timeout,
         max_pending=max_pending,
+        default_output=answers[default_answer],
         backend=backend,
         ray_address=address,
     )
-    fill = loaded.fill_output.numpy().astype(np.float32)
-    # deployment() takes no default answer; the frontend reads this attribute
-    answers = {"none": None, "zeros": np.zeros_like(fill), "fill": fill}
-    frontend.default_output = answers[default_answer]
     info = {
         "mode": mode,
         "data_instances": shape.data_instances,

@@ -22,13 +22,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from learncc.bundle import Bundle, load_bundle
 from learncc.errors import ConfigError, UnknownNameError
 from learncc.serving.backend import Backend, LocalBackend
 from learncc.serving.frontend import Coding, Frontend
 
 MODES = ("none", "equal", "coded", "hedge", "replicate", "cheap")
-ALL_MODES = MODES  # kept for the simulator, which imported it first
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,11 @@ def plan(mode: str, *, m: int, k: int, r: int) -> Deployment:
     """Instance counts of ``mode`` for m data instances and a (k, r) code.
 
     Raises:
-        UnknownNameError: ``mode`` is not one of ``ALL_MODES``.
+        UnknownNameError: ``mode`` is not one of ``MODES``.
         ConfigError: m < 1, or m < k for ``coded``.
     """
-    if mode not in ALL_MODES:
-        raise UnknownNameError("mode", mode, list(ALL_MODES))
+    if mode not in MODES:
+        raise UnknownNameError("mode", mode, list(MODES))
     if m < 1:
         raise ConfigError(f"m must be >= 1 data instance, got {m}")
     if mode == "coded" and m < k:
@@ -91,6 +92,7 @@ def deployment(
     flush_timeout_s: float = 0.005,
     query_timeout_s: float = 10.0,
     max_pending: int = 100_000,
+    default_output: np.ndarray | None = None,
     noop: bool = False,
     backend: str = "local",
     ray_address: str | None = None,
@@ -108,6 +110,8 @@ def deployment(
         batch_size: queries the frontend sends to an instance together (see
             ``Frontend``).
         policy: data dispatch (see ``Frontend``).
+        max_pending, default_output: overload bound and deadline answer
+            (see ``Frontend``).
         noop: instances skip the model and return zeros.
         backend: ``"local"`` (worker processes on this machine) or ``"ray"``
             (Ray actors; see ``learncc.serving.ray_backend``).
@@ -169,5 +173,6 @@ def deployment(
         flush_timeout_s=flush_timeout_s,
         query_timeout_s=query_timeout_s,
         max_pending=max_pending,
+        default_output=default_output,
     )
     return frontend, shape

@@ -69,7 +69,7 @@ from simpy.events import NORMAL
 from learncc.bench.loadgen import Trace, poisson_trace
 from learncc.codes import DECODERS, Decoder
 from learncc.errors import BackendUnavailableError, ConfigError, UnknownNameError
-from learncc.serving.deploy import ALL_MODES, Deployment, plan
+from learncc.serving.deploy import MODES, Deployment, plan
 from learncc.serving.policy import pick_instance
 from learncc.serving.slowdown import SlowdownConfig, instance_schedule, preset
 from learncc.sim.service import Deterministic, ServiceModel
@@ -112,11 +112,9 @@ class SimConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        bad = [m for m in self.modes if m not in ALL_MODES]
+        bad = [m for m in self.modes if m not in MODES]
         if bad or not self.modes:
-            raise ConfigError(
-                f"unknown modes {bad}; choose from {', '.join(ALL_MODES)}"
-            )
+            raise ConfigError(f"unknown modes {bad}; choose from {', '.join(MODES)}")
         if self.decoder not in DECODERS:
             raise UnknownNameError("decoder", self.decoder, list(DECODERS))
         if self.rate_qps <= 0 or self.duration_s <= 0:
@@ -831,7 +829,7 @@ def simulate_mode(
 
     Args:
         cfg: the configuration.
-        mode: one of ``learncc.serving.deploy.ALL_MODES``.
+        mode: one of ``learncc.serving.deploy.MODES``.
         arrivals_s: arrival times in seconds, increasing; default
             ``arrival_trace(cfg)``.
         record_waits: also return each counted query's queueing delay (from
@@ -844,8 +842,8 @@ def simulate_mode(
         UnknownNameError: ``mode`` is unknown.
         ConfigError: the arrivals are not increasing.
     """
-    if mode not in ALL_MODES:
-        raise UnknownNameError("mode", mode, list(ALL_MODES))
+    if mode not in MODES:
+        raise UnknownNameError("mode", mode, list(MODES))
     if arrivals_s is None:
         arrivals_s = arrival_trace(cfg).arrivals_s
     arrivals_s = np.asarray(arrivals_s, dtype=np.float64)
