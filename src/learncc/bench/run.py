@@ -16,8 +16,9 @@ from learncc.bench.loadgen import ModeResult, drive, poisson_trace
 from learncc.bundle import load_bundle
 from learncc.errors import ConfigError
 from learncc.serving.backend import BACKUP, DATA, PARITY
-from learncc.serving.deploy import MODES, deployment
-from learncc.serving.slowdown import instance_schedule, preset
+from learncc.serving.deploy import MODES, Deployment, deployment
+from learncc.serving.frontend import Frontend
+from learncc.serving.slowdown import SlowdownConfig, instance_schedule, preset
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,35 @@ class BenchConfig:
         return asdict(self)
 
 
+def numbered_instances(shape: Deployment) -> list[tuple[str, int]]:
+    """Instances in the order slowdown schedules are keyed by: data, parity,
+    backup."""
+    numbered = [(DATA, i) for i in range(shape.data_instances)]
+    numbered += [(PARITY, i) for i in range(shape.parity_instances)]
+    return numbered + [(BACKUP, i) for i in range(shape.backup_instances)]
+
+
+async def apply_slowdowns(
+    frontend: Frontend,
+    shape: Deployment,
+    slowdown: SlowdownConfig,
+    start: float,
+    duration_s: float,
+    seed: int,
+) -> None:
+    """Send every instance its schedule, starting at loop time ``start``.
+
+    Instance g gets ``instance_schedule(slowdown, g, ...)`` whatever the mode,
+    so deployments compared in one run see the same slow instances at the
+    same times.
+    """
+    # loop.time() is time.monotonic(), which the instance processes share
+    assert abs(asyncio.get_running_loop().time() - time.monotonic()) < 0.05
+    for g, (role, i) in enumerate(numbered_instances(shape)):
+        schedule = instance_schedule(slowdown, g, duration_s + 60, seed)
+        await frontend.backend.configure(role, i, {"schedule": schedule, "t0": start})
+
+
 async def run_mode(
     bundle_path: Path,
     mode: str,
@@ -95,16 +125,9 @@ async def run_mode(
     async with frontend:
         loop = asyncio.get_running_loop()
         start = loop.time() + 0.2
-        # loop.time() is time.monotonic(), which the instance processes share
-        assert abs(loop.time() - time.monotonic()) < 0.05
-        numbered = [(DATA, i) for i in range(shape.data_instances)]
-        numbered += [(PARITY, i) for i in range(shape.parity_instances)]
-        numbered += [(BACKUP, i) for i in range(shape.backup_instances)]
-        for g, (role, i) in enumerate(numbered):
-            schedule = instance_schedule(slowdown, g, cfg.duration_s + 60, cfg.seed)
-            await frontend.backend.configure(
-                role, i, {"schedule": schedule, "t0": start}
-            )
+        await apply_slowdowns(
+            frontend, shape, slowdown, start, cfg.duration_s, cfg.seed
+        )
         with interference(
             background_procs=slowdown.background_procs,
             colocated_procs=slowdown.colocated_procs,

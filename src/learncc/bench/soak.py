@@ -27,12 +27,11 @@ from hdrh.histogram import HdrHistogram
 from tqdm.auto import tqdm
 
 from learncc.bench.loadgen import poisson_trace
-from learncc.bench.run import _test_inputs
+from learncc.bench.run import _test_inputs, apply_slowdowns, numbered_instances
 from learncc.bundle import load_bundle
 from learncc.errors import LearnccError
-from learncc.serving.backend import DATA, PARITY
 from learncc.serving.deploy import deployment
-from learncc.serving.slowdown import instance_schedule, preset
+from learncc.serving.slowdown import preset
 
 
 def _rss_mb(pid: int) -> float:
@@ -73,14 +72,10 @@ async def soak(
 
     async with frontend:
         start = loop.time() + 0.2
-        slowdown = preset("episodes")
-        roles = [(DATA, i) for i in range(shape.data_instances)]
-        roles += [(PARITY, i) for i in range(shape.parity_instances)]
-        for g, (role, i) in enumerate(roles):
-            schedule = instance_schedule(slowdown, g, duration_s + 60, seed)
-            await frontend.backend.configure(
-                role, i, {"schedule": schedule, "t0": start}
-            )
+        await apply_slowdowns(
+            frontend, shape, preset("episodes"), start, duration_s, seed
+        )
+        roles = numbered_instances(shape)
         next_kill = start + kill_every_s
         futures = []
         bar = tqdm(total=len(trace.arrivals_s), desc="soak", unit="q", mininterval=2)

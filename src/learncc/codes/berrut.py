@@ -29,12 +29,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from learncc.codes.base import Encoder
-from learncc.codes.linear import PatternDecoder
+from learncc.codes.linear import PatternDecoder, WeightedSumEncoder
 
 
 def berrut_points(k: int, r: int) -> tuple[Tensor, Tensor]:
@@ -75,25 +73,17 @@ def berrut_matrix(nodes: Tensor, at: Tensor) -> Tensor:
     return torch.where(hit.unsqueeze(1), exact.to(weights), weights)
 
 
-class BerrutEncoder(Encoder):
+class BerrutEncoder(WeightedSumEncoder):
     """Parity query j = Berrut interpolant of the k queries at ``beta_j``.
 
     Works for any input shape, k >= 2 and r >= 1; the weights of each parity
     query sum to 1, so parity queries stay in the data's value range.
     """
 
-    def __init__(self, *, k: int, r: int, input_shape: tuple[int, ...]) -> None:
-        super().__init__(k=k, r=r, input_shape=input_shape)
+    @staticmethod
+    def code_weights(k: int, r: int) -> Tensor:
         alpha, beta = berrut_points(k, r)
-        self.register_buffer("weights", berrut_matrix(alpha, beta), persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.check_input(x)
-        return torch.einsum("jk,bk...->bj...", self.weights.to(x.dtype), x)
-
-    def encode_numpy(self, x: np.ndarray) -> np.ndarray:
-        weights = self.weights.numpy().astype(x.dtype)
-        return np.moveaxis(np.tensordot(weights, x, axes=([1], [1])), 0, 1)
+        return berrut_matrix(alpha, beta)
 
 
 class BerrutDecoder(PatternDecoder):

@@ -69,17 +69,18 @@ def worst_amplification(k: int, r: int) -> float:
     return worst
 
 
-class LinearEncoder(Encoder):
-    """Parity query j = ``sum_i G[j, i] x_i`` with ``G = generator_matrix(k, r)``.
-
-    Works for any input shape, k >= 2 and r >= 1. For r = 1 it is the
-    addition encoder scaled by 1/k (the mean of the queries).
-    """
+class WeightedSumEncoder(Encoder):
+    """Parity query j = ``sum_i W[j, i] x_i`` for a fixed ``W`` of shape
+    ``(r, k)`` that a subclass gives as ``code_weights(k, r)`` (float64)."""
 
     def __init__(self, *, k: int, r: int, input_shape: tuple[int, ...]) -> None:
         super().__init__(k=k, r=r, input_shape=input_shape)
         # float64, cast per call; not saved: it is a function of (k, r) alone
-        self.register_buffer("weights", generator_matrix(k, r), persistent=False)
+        self.register_buffer("weights", self.code_weights(k, r), persistent=False)
+
+    @staticmethod
+    def code_weights(k: int, r: int) -> Tensor:
+        raise NotImplementedError
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
@@ -88,6 +89,18 @@ class LinearEncoder(Encoder):
     def encode_numpy(self, x: np.ndarray) -> np.ndarray:
         weights = self.weights.numpy().astype(x.dtype)
         return np.moveaxis(np.tensordot(weights, x, axes=([1], [1])), 0, 1)
+
+
+class LinearEncoder(WeightedSumEncoder):
+    """Parity query j = ``sum_i G[j, i] x_i`` with ``G = generator_matrix(k, r)``.
+
+    Works for any input shape, k >= 2 and r >= 1. For r = 1 it is the
+    addition encoder scaled by 1/k (the mean of the queries).
+    """
+
+    @staticmethod
+    def code_weights(k: int, r: int) -> Tensor:
+        return generator_matrix(k, r)
 
 
 class PatternDecoder(Decoder):
