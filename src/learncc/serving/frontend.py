@@ -56,7 +56,7 @@ from learncc.errors import (
     QueryTimeoutError,
 )
 from learncc.serving.backend import BACKUP, CANCELLED, DATA, PARITY, Backend
-from learncc.serving.policy import pick_instance
+from learncc.serving.policy import least_loaded, pick_instance
 
 logger = logging.getLogger(__name__)
 
@@ -469,11 +469,10 @@ class Frontend:
         return choice
 
     def _pick_least_loaded(self, role: str, among: range) -> int:
-        live = [i for i in among if self.backend.alive(role, i)]
-        if not live:
-            raise BackendUnavailableError(f"no live {role} instance")
-        n, start = self.backend.counts[role], self._rr[role]
-        choice = min(live, key=lambda i: (self.backend.depth(role, i), (i - start) % n))
+        backend, n = self.backend, self.backend.counts[role]
+        live = (i for i in among if backend.alive(role, i))
+        choice = least_loaded(live, lambda i: backend.depth(role, i), self._rr[role], n,
+                              role=role)  # fmt: skip
         self._rr[role] = (choice + 1) % n
         return choice
 

@@ -10,7 +10,7 @@ instance cost at most one output per group, the one the decoder can rebuild.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterable
 
 from learncc.errors import BackendUnavailableError
 
@@ -65,3 +65,29 @@ def pick_instance(
     if fallback < 0:
         raise BackendUnavailableError(f"no live {role} instance")
     return fallback
+
+
+def least_loaded(
+    candidates: Iterable[int],
+    depth: Callable[[int], int],
+    start: int,
+    n: int,
+    *,
+    role: str = "parity",
+) -> int:
+    """The candidate with the fewest queries in flight; ties go round robin
+    from ``start``. The frontend sends parity queries this way whatever the
+    data policy: a parity output only helps if it arrives before the
+    stragglers it covers, so it must not queue behind a slow parity instance.
+
+    Raises:
+        BackendUnavailableError: no candidate.
+    """
+    best, best_key = -1, (0, 0)
+    for i in candidates:
+        key = (depth(i), (i - start) % n)
+        if best < 0 or key < best_key:
+            best, best_key = i, key
+    if best < 0:
+        raise BackendUnavailableError(f"no live {role} instance")
+    return best

@@ -10,7 +10,8 @@ measured at scales one machine cannot host:
   r parity queries go out when the group fills or ``flush_timeout_s`` after
   it opened (a partial group is completed with fill queries, whose outputs
   are known); missing outputs are decoded as soon as the decoder's
-  ``can_decode`` allows; late originals are discarded.
+  ``can_decode`` allows; a rebuilt query's original is withdrawn from its
+  instance's queue if not started, and discarded if it still finishes.
 - ``none`` (m instances) and ``equal`` (m + r m / k instances): round robin,
   no redundancy.
 - ``hedge`` (as many instances as ``equal``): a query still unanswered after
@@ -70,7 +71,7 @@ from learncc.bench.loadgen import Trace, poisson_trace
 from learncc.codes import DECODERS, Decoder
 from learncc.errors import BackendUnavailableError, ConfigError, UnknownNameError
 from learncc.serving.deploy import MODES, Deployment, plan
-from learncc.serving.policy import pick_instance
+from learncc.serving.policy import least_loaded, pick_instance
 from learncc.serving.slowdown import SlowdownConfig, instance_schedule, preset
 from learncc.sim.service import Deterministic, ServiceModel
 
@@ -618,13 +619,21 @@ class _Engine:
         for slot in range(len(group.members), self.k):
             group.avail |= 1 << slot  # fill queries: outputs known
         n_parity = len(self.alive["parity"])
+        alive, parity = self.alive_at["parity"], self.instances["parity"]
         for j in range(self.r):
-            # parity instance i runs parity model i % r
+            # parity instance i runs parity model i % r; the least loaded one,
+            # as the frontend does
             try:
-                i = self._pick("parity", (), range(j, n_parity, self.r))
+                i = least_loaded(
+                    (i for i in range(j, n_parity, self.r) if alive(i)),
+                    lambda i: len(parity[i].queue) + parity[i].busy,
+                    self.rr["parity"],
+                    n_parity,
+                )
             except BackendUnavailableError:
                 continue
-            self._send(self.instances["parity"][i], (group, j), now)
+            self.rr["parity"] = i + 1 if i + 1 < n_parity else 0
+            self._send(parity[i], (group, j), now)
         self._try_decode(group, now)
 
     def _data_coded(self, qid: int, now: float) -> None:
@@ -657,7 +666,18 @@ class _Engine:
                 if done[q] < 0:
                     done[q] = now
                     self.recon[q] = 1
+                    self._withdraw(q, group.instances)
             self._drop(group)
+
+    def _withdraw(self, qid: int, instances: list[int]) -> None:
+        """The frontend cancels a rebuilt query's original if its instance has
+        not started it; drop it from the queue that holds it likewise (the
+        group's instances: k of them, or a few more after a re-dispatch)."""
+        for i in instances:
+            queue = self.instances["data"][i].queue
+            if qid in queue:
+                queue.remove(qid)
+                return
 
     def _drop(self, group: _Group) -> None:
         group.done = True
