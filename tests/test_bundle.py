@@ -87,6 +87,10 @@ def test_bundle_holds_no_pickle(digits_bundle: Path) -> None:
             "base model weights do not fit",
         ),
         (lambda p: _edit(p, lambda m: m.pop("code")), "lacks the entry 'code'"),
+        (
+            lambda p: _edit(p, lambda m: m["base"].update(model="os:system")),
+            r"names Python code to import and run \(os:system\)",
+        ),
     ],
 )
 def test_damaged_bundles_fail_with_a_clear_message(

@@ -17,14 +17,16 @@ A bundle is a directory:
 
 File names are fixed, never read from the manifest, so a manifest cannot
 point outside its directory; weights load only through safetensors and ONNX
-graphs through ONNX Runtime, so loading never unpickles anything. (A
-``callable`` F is imported by the module path its manifest names: load only
-bundles whose named modules you would import yourself.)
+graphs through ONNX Runtime, so loading never unpickles anything. A
+manifest that names Python code outside learncc (a ``pkg.mod:factory``
+model, a ``callable`` F) is refused unless the caller trusts it (see
+``load_bundle``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,8 +151,35 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], what: str) ->
         ) from None
 
 
-def load_bundle(path: str | Path) -> Bundle:
+TRUST_ENV = "LEARNCC_TRUST_BUNDLE_CODE"
+
+
+def _foreign_code(manifest: dict[str, Any]) -> list[str]:
+    """Import paths outside learncc that loading this manifest would import
+    and call: custom model factories and callable black-box F."""
+    names = []
+    for key in ("base", "parity", "backup"):
+        spec = manifest.get(key)
+        if not isinstance(spec, dict):
+            continue
+        for field in ("model", "target"):
+            name = spec.get(field)
+            if (
+                isinstance(name, str)
+                and ":" in name
+                and not name.startswith("learncc.")
+            ):
+                names.append(name)
+    return names
+
+
+def load_bundle(path: str | Path, *, trust_code: bool | None = None) -> Bundle:
     """Load a bundle directory written by ``save_bundle``.
+
+    A manifest naming a model factory or callable outside learncc
+    (``pkg.mod:name``) would make loading import and run that module, so such
+    bundles load only with ``trust_code=True`` (or the environment variable
+    ``LEARNCC_TRUST_BUNDLE_CODE=1``, which instance processes inherit).
 
     Raises:
         BundleError: the directory, its manifest or a weights file is missing,
@@ -175,6 +204,15 @@ def load_bundle(path: str | Path) -> Bundle:
         raise BundleError(
             f"bundle format version {manifest.get('version')!r} is not supported "
             f"(this learncc reads version {VERSION})"
+        )
+    if trust_code is None:
+        trust_code = os.environ.get(TRUST_ENV) == "1"
+    foreign = _foreign_code(manifest)
+    if foreign and not trust_code:
+        raise BundleError(
+            f"{manifest_path} names Python code to import and run "
+            f"({', '.join(foreign)}); load it only if you trust its source: "
+            f"pass trust_code=True or set {TRUST_ENV}=1"
         )
     blackbox = isinstance(manifest.get("base"), dict) and is_blackbox_spec(
         manifest["base"]

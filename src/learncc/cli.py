@@ -274,6 +274,11 @@ def train(
 
     _setup_logging(quiet)
     data = load_dataset(dataset, data_dir=data_dir, seed=seed)
+    if data.num_classes < 1:
+        raise ConfigError(
+            f"{dataset} is a regression dataset; `learncc train` trains classifiers. "
+            "Train a regression F with learncc.training.blackbox.train_blackbox_bundle"
+        )
     code = CodeConfig(k=k, r=r, encoder=encoder, decoder=decoder)
     base_state = None
     if resume and (out / "checkpoint" / "base.safetensors").exists():

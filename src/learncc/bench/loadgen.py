@@ -29,7 +29,7 @@ class Trace:
 
 def poisson_trace(*, rate_qps: float, duration_s: float, pool: int, seed: int) -> Trace:
     """Poisson arrivals at ``rate_qps`` for ``duration_s``; inputs drawn from a pool."""
-    if rate_qps <= 0 or duration_s <= 0:
+    if not (0 < rate_qps < float("inf") and 0 < duration_s < float("inf")):
         raise ConfigError(
             f"rate_qps and duration_s must be > 0, got {rate_qps}, {duration_s}"
         )

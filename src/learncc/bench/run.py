@@ -55,6 +55,17 @@ class BenchConfig:
         bad = [m for m in self.modes if m not in MODES]
         if bad or not self.modes:
             raise ConfigError(f"unknown modes {bad}; choose from {', '.join(MODES)}")
+        for name in ("rate_qps", "duration_s", "service_ms", "per_item_ms", "warmup_s"):
+            value = getattr(self, name)
+            if not 0 <= value < float("inf") or (
+                value == 0 and name in ("rate_qps", "duration_s")
+            ):
+                raise ConfigError(
+                    f"{name} must be a finite number >= 0 (> 0 for rates and "
+                    f"durations), got {value}"
+                )
+        if self.max_batch < 1 or self.batch_size < 1:
+            raise ConfigError("max_batch and batch_size must be >= 1")
         if self.warmup_s >= self.duration_s:
             raise ConfigError(
                 f"warmup_s ({self.warmup_s}) must be < duration_s ({self.duration_s})"

@@ -34,8 +34,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not self.lr > 0 or self.lr == float("inf"):  # NaN fails both
+            raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
