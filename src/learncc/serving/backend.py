@@ -263,7 +263,7 @@ class LocalBackend:
             self.counts[BACKUP],
         )
 
-    async def _spawn(self, role: str, index: int) -> None:
+    async def _spawn(self, role: str, index: int, *, restart: bool = False) -> None:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         spec = {
@@ -303,6 +303,8 @@ class LocalBackend:
         self.instances[(role, index)] = inst
         await loop.create_unix_connection(lambda: inst, sock=ours)
         await inst.ready
+        if restart:
+            self.restarts += 1  # counted before it can take queries
         inst.is_alive = True
 
     def _parity_models(self) -> int:
@@ -371,7 +373,9 @@ class LocalBackend:
             if self.closing:
                 return
             try:
-                await asyncio.wait_for(self._spawn(role, index), self.start_timeout_s)
+                await asyncio.wait_for(
+                    self._spawn(role, index, restart=True), self.start_timeout_s
+                )
             except (TimeoutError, BackendUnavailableError, OSError) as e:
                 logger.warning(
                     "restarting instance %s/%d failed (%s); next try in %.1f s",
@@ -382,7 +386,6 @@ class LocalBackend:
                 )
                 backoff = min(2 * backoff, 10.0)
                 continue
-            self.restarts += 1
             logger.info("instance %s/%d restarted", role, index)
             return
 
