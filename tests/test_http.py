@@ -206,10 +206,11 @@ async def test_overload_is_503_with_retry_after() -> None:
         assert resp.status == 503 and resp.headers["Retry-After"] == "2"
         assert "1 queries pending, limit 1" in (await resp.json())["error"]
         assert (await first).status == 504
-        # a batch refused part-way: the accepted items are served, not leaked
+        # a batch larger than the limit is refused whole, before acceptance
+        accepted = client.app[SERVICE].frontend.statistics().accepted
         resp = await client.post("/infer", json={"inputs": [[1, 2, 3, 4]] * 3})
-        assert resp.status == 503
-        assert client.app[SERVICE].frontend.statistics().refused == 2
+        assert resp.status == 413
+        assert client.app[SERVICE].frontend.statistics().accepted == accepted
 
 
 async def test_no_live_instance_is_503(client: TestClient) -> None:
@@ -389,3 +390,19 @@ async def test_fuzzed_requests_never_crash_the_server(
     assert resp.content_type == "application/json"
     assert resp.status == 200 or "error" in await resp.json()
     assert (await client.post("/infer", json={"input": [1, 2, 3, 4]})).status == 200
+
+
+async def test_batch_is_admitted_whole_or_not_at_all() -> None:
+    frontend = Frontend(FakeBackend(W, data_instances=2), input_shape=(1, 2, 2),
+                        max_pending=3)  # fmt: skip
+    await frontend.start()
+    async with TestClient(TestServer(make_app(frontend))) as c:
+        too_big = await c.post("/infer", json={"inputs": [[1, 2, 3, 4]] * 4})
+        assert too_big.status == 413
+        assert (
+            "exceeds the server's limit of 3 pending" in (await too_big.json())["error"]
+        )
+        ok = await c.post("/infer", json={"inputs": [[1, 2, 3, 4]] * 3})
+        assert ok.status == 200
+    assert frontend.statistics().accepted == 3  # nothing of the big batch
+    await frontend.close()

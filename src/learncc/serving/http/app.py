@@ -125,9 +125,9 @@ class Service:
 
         Raises:
             HttpError: 503 while draining.
-            OverloadedError, FrontendClosedError: refused; the queries of the
-                batch accepted before the refusal are served and their answers
-                dropped (the frontend cannot take them back).
+            HttpError: 413 for a batch larger than ``max_pending``.
+            OverloadedError, FrontendClosedError: refused; a batch is checked
+                against the free room first, so normally none of it was accepted.
             QueryTimeoutError, BackendUnavailableError, FrontendClosedError:
                 the first failure among the batch's queries.
         """
@@ -139,6 +139,18 @@ class Service:
             )
         if deadline_s is None:
             deadline_s = self.settings.default_deadline_s
+        # admit a batch whole or not at all: a batch refused half-way would
+        # have its accepted part computed and its answers dropped
+        frontend = self.frontend
+        if len(queries) > frontend.max_pending:
+            raise HttpError(
+                413,
+                f"a batch of {len(queries)} inputs exceeds the server's limit of "
+                f"{frontend.max_pending} pending queries; send smaller batches",
+            )
+        pending = frontend.statistics().pending
+        if pending + len(queries) > frontend.max_pending:
+            raise OverloadedError(pending, frontend.max_pending)
         futures: list[asyncio.Future[Answer]] = []
         try:
             for x in queries:
