@@ -39,45 +39,19 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from learncc.serving.backend import DATA, PARITY
+from learncc.serving.backend import NoopBackend
 
 
-class InstantBackend:
-    """Instances that answer F(x) = x on the next loop iteration."""
-
-    def __init__(self, *, data_instances: int, parity_instances: int = 0) -> None:
-        self.counts = {DATA: data_instances, PARITY: parity_instances}
-
-    async def start(self, handler: Any) -> None:
-        self.handler = handler
-        self.loop = asyncio.get_running_loop()
+class InstantBackend(NoopBackend):
+    """In-process instances that answer F(x) = x on the next loop iteration."""
 
     def send(self, role: str, index: int, tag: int, x: np.ndarray) -> None:
         self.loop.call_soon(
             self.handler.on_result, role, index, tag, x.reshape(-1), None
         )
-
-    def cancel(self, role: str, index: int, tag: int) -> None:
-        pass
-
-    def alive(self, role: str, index: int) -> bool:
-        return True
-
-    def depth(self, role: str, index: int) -> int:
-        return 0
-
-    async def configure(self, role: str, index: int, message: dict[str, Any]) -> None:
-        pass
-
-    async def service_times(self) -> dict[str, list[float]]:
-        return {}
-
-    async def close(self) -> None:
-        pass
 
 
 @dataclass(frozen=True)
