@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from learncc.bundle import MANIFEST, load_bundle, save_bundle
+from learncc.bundle import CODE_METADATA, MANIFEST, load_bundle, save_bundle
 from learncc.data import load_dataset
 from learncc.errors import BundleError
 
@@ -87,6 +89,52 @@ def test_bundle_holds_no_pickle(digits_bundle: Path) -> None:
             "base model weights do not fit",
         ),
         (lambda p: _edit(p, lambda m: m.pop("code")), "lacks the entry 'code'"),
+        # edited numbers (fresh-user test): refused before any model is built
+        (
+            lambda p: _edit(p, lambda m: m["base"]["normalization"].update(std=0)),
+            r"manifest field base\.normalization\.std must be > 0, got 0",
+        ),
+        (
+            lambda p: _edit(
+                p, lambda m: m["parity"]["normalization"].update(mean=1e999)
+            ),
+            r"manifest field parity\.normalization\.mean must be finite, got inf",
+        ),
+        (
+            lambda p: _edit(p, lambda m: m["code"].update(k=3)),
+            r"manifest field code\.k is 3 but parity\.safetensors was trained for k=2",
+        ),
+        (
+            lambda p: _edit(p, lambda m: m["code"].update(r=2)),
+            r"manifest field parity\.count is 1 but code\.r is 2",
+        ),
+        (
+            lambda p: _edit(p, lambda m: m["code"].update(k="2")),
+            r"manifest field code\.k must be a positive integer, got '2'",
+        ),
+        (
+            # would allocate 4 GB per layer: found from the headers instead
+            lambda p: _edit(p, lambda m: m["base"]["options"].update(hidden=[10**9])),
+            r"base model weights do not fit the manifest's model \(manifest entry "
+            r"'base'\): base\.safetensors holds model\.1\.weight of shape \[200, 64\], "
+            r"the entry makes it \[1000000000, 64\]",
+        ),
+        (
+            lambda p: _edit(
+                p, lambda m: m["backup"]["options"].update(hidden=[10**12] * 2)
+            ),
+            r"manifest entry 'backup' describes a model that cannot be built",
+        ),
+        (
+            lambda p: _edit(p, lambda m: m["base"].update(input_shape=[10**6, 10**6])),
+            r"manifest field base\.input_shape \[1000000, 1000000\] has 1000000000000 "
+            r"elements per input, beyond the limit",
+        ),
+        (
+            lambda p: _edit(p, lambda m: m["parity"].update(input_shape=[1, 8, 9])),
+            r"manifest field parity\.input_shape \[1, 8, 9\] differs from "
+            r"base\.input_shape \[1, 8, 8\]",
+        ),
         (
             lambda p: _edit(p, lambda m: m["base"].update(model="os:system")),
             r"names Python code to import and run \(os:system\)",
@@ -100,6 +148,21 @@ def test_damaged_bundles_fail_with_a_clear_message(
     damage(path)
     with pytest.raises(BundleError, match=match):
         load_bundle(path)
+
+
+def test_bundles_without_the_code_record_still_load(
+    digits_bundle: Path, tmp_path: Path
+) -> None:
+    path = copy(digits_bundle, tmp_path)
+    for name in ("parity.safetensors", "code.safetensors"):
+        with safe_open(str(path / name), framework="pt") as f:
+            assert json.loads(f.metadata()[CODE_METADATA])["k"] == 2
+        save_file(load_file(str(path / name)), str(path / name))  # no metadata
+    assert load_bundle(path).code.k == 2
+    # the known gap: without the record a changed k of a parameter-free code
+    # cannot be told from the weights
+    _edit(path, lambda m: m["code"].update(k=3))
+    assert load_bundle(path).code.k == 3
 
 
 def _edit(path: Path, change) -> None:

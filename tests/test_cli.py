@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner, Result
+
+from learncc.errors import LearnccError
+from learncc.sim.service import load_overheads
 
 LEARNCC = [sys.executable, "-m", "learncc.cli"]
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+def invoke(*args: str) -> Result:
+    from learncc.cli import app
+
+    return CliRunner().invoke(app, list(args))
 
 
 def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -36,6 +51,7 @@ def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         (["bench", "/nonexistent"], "no coded model bundle at /nonexistent"),
         (["serve", "/nonexistent"], "no coded model bundle at /nonexistent"),
         (["eval", "/nonexistent"], "no coded model bundle at /nonexistent"),
+        (["serve", "/nonexistent", "--port", "70000"], "--port must be in 0..65535"),
     ],
 )
 def test_user_errors_are_one_line_without_traceback(
@@ -44,6 +60,134 @@ def test_user_errors_are_one_line_without_traceback(
     proc = run(*args)
     assert proc.returncode == 2
     assert match in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        # serve checks every option before loading the bundle (fresh-user
+        # test: they failed only after the instances started, 15-25 s)
+        (
+            ["serve", "/nonexistent", "--max-body-bytes", "10"],
+            "--max-body-bytes must be >= 1024, got 10",
+        ),
+        (
+            ["serve", "/nonexistent", "--drain-timeout", "-1"],
+            "--drain-timeout must be a finite number >= 0, got -1.0",
+        ),
+        (
+            ["serve", "/nonexistent", "--name", "a/b"],
+            "model name must be non-empty and without '/', got 'a/b' (--name)",
+        ),
+        (
+            ["serve", "/nonexistent", "--token", ""],
+            "--token (or LEARNCC_TOKEN) is empty",
+        ),
+        (
+            ["serve", "/nonexistent", "--mode", "parity"],
+            "unknown mode 'parity'; choose one of: cheap, coded, equal, hedge, none, "
+            "replicate",
+        ),
+        (
+            ["serve", "/nonexistent", "--max-abs-input", "0"],
+            "--max-abs-input must be > 0 (or inf), got 0.0",
+        ),
+        (
+            ["serve", "/nonexistent", "--body-timeout", "0"],
+            "--body-timeout must be > 0 (or inf), got 0.0",
+        ),
+        # with --config, BUNDLE replaces the config's bundle (it was ignored)
+        (
+            ["bench", "/nonexistent", "--config", str(CONFIGS / "rate_sweep.toml")],
+            "no coded model bundle at /nonexistent",
+        ),
+        (
+            ["bench", "/nonexistent", "--config", str(CONFIGS / "k_sweep.toml")],
+            "sweeps k, which needs one bundle per k ([sweep] bundles); drop the BUNDLE",
+        ),
+    ],
+)
+def test_bad_options_fail_before_anything_starts(args: list[str], match: str) -> None:
+    # in-process (the CLI's imports are the slow part of a subprocess); the
+    # bundle does not exist, so none of these gets as far as starting anything
+    result = invoke(*args)
+    assert isinstance(result.exception, LearnccError), result.output
+    assert match in str(result.exception)
+
+
+def test_serve_refuses_a_port_in_use_before_starting_anything() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # the bundle is never loaded: the port is checked first
+        result = invoke("serve", "/nonexistent", "--port", str(port))
+    assert isinstance(result.exception, LearnccError)
+    assert f"cannot serve on 127.0.0.1:{port}: the port is in use" in str(
+        result.exception
+    )
+
+
+def test_serve_help_lists_every_mode() -> None:
+    from learncc.serving.deploy import MODES
+
+    result = invoke("serve", "--help")
+    assert result.exit_code == 0
+    help_text = " ".join(result.output.split())
+    for mode in MODES:
+        assert re.search(rf"\b{mode}\b", help_text), mode
+
+
+@pytest.mark.slow
+def test_serve_says_serving_only_once_it_accepts(digits_bundle: Path) -> None:
+    with subprocess.Popen(
+        [*LEARNCC, "serve", str(digits_bundle), "--port", "0", "--m", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            lines = []
+            for line in proc.stdout:
+                lines.append(line)
+                if line.startswith("serving "):
+                    break
+            assert lines[0].startswith("starting 2 data + 1 parity instances (coded)")
+            found = re.search(r" on (http://\S+)$", lines[-1])
+            assert found is not None, lines
+            url = found.group(1)
+            assert not url.endswith(":0")  # the bound port, not the requested one
+            # no retry: the socket must accept the moment the line is printed
+            with urllib.request.urlopen(f"{url}/v2/health/live", timeout=5) as resp:
+                assert resp.status == 200
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=60)
+    assert proc.returncode == 0
+
+
+@pytest.mark.slow
+def test_bench_bundle_replaces_the_config_bundle(
+    digits_bundle: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "sweep.toml"
+    config.write_text(
+        'bundle = "/nonexistent"\n'
+        f'out = "{tmp_path / "out"}"\n'
+        "[bench]\n"
+        'modes = ["none"]\nm = 1\nduration_s = 1.0\nwarmup_s = 0.2\n'
+        'slowdown = "none"\n'
+        "[sweep]\n"
+        'param = "rate_qps"\nvalues = [50]\n'
+    )
+    proc = run("bench", str(digits_bundle), "--config", str(config), "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert f"using bundle {digits_bundle} in place of sweep.toml's bundle" in (
+        " ".join(proc.stdout.split())
+    )
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["rows"][0]["latency_ms"]["none"]["n"] > 0
 
 
 @pytest.mark.slow
@@ -74,6 +218,10 @@ def test_bench_writes_results_and_plot(digits_bundle: Path, tmp_path: Path) -> N
     service = json.loads((tmp_path / "service_times.json").read_text())
     assert set(service["coded"]) == {"data/0", "data/1", "parity/0"}
     assert min(service["coded"]["data/0"]) >= 5.0  # the service floor
+    # what `learncc simulate --overheads` replays
+    assert set(load_overheads(tmp_path / "overheads.json")) == {"coded", "equal"}
+    raw = json.loads((tmp_path / "overheads.json").read_text())
+    assert len(raw["coded"]["dispatch"]) > 300  # one per query
     assert (tmp_path / "latency_cdf.png").stat().st_size > 10_000
 
 

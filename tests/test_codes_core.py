@@ -154,3 +154,40 @@ def test_numpy_serving_path_equals_forward(
             want = dec(data_in[None], parity[None], torch.tensor(available))[0].numpy()
         got = dec.decode_numpy(data_in.numpy(), parity.numpy(), available)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        outputs = [None if i == lost else d.numpy() for i, d in enumerate(data)]
+        missing = dec.decode_missing(outputs, list(parity.numpy()))
+        assert list(missing) == [lost]
+        np.testing.assert_allclose(missing[lost], want[lost], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 5])
+@pytest.mark.parametrize("shape", [(3, 8, 6), (2, 7, 9), (1, 28, 28)])
+def test_concat_numpy_fast_paths_equal_forward(k: int, shape: tuple[int, ...]) -> None:
+    # divisible grids take block means (k = 2 side by side, k = 3 with an
+    # empty tile), the others the matrix products; all must match forward
+    import numpy as np
+
+    enc = ConcatenationEncoder(k=k, r=1, input_shape=shape)
+    x = torch.rand(4, k, *shape)
+    with torch.no_grad():
+        expected = enc(x).numpy()
+    got = enc.encode_numpy(x.numpy())
+    assert got.shape == expected.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_subtraction_decode_missing_equals_forward() -> None:
+    import numpy as np
+
+    k = 3
+    dec = SubtractionDecoder(k=k, r=1)
+    data, parity = torch.randn(k, 2, 5), torch.randn(1, 2, 5)
+    for lost in range(k):
+        available = torch.tensor([i != lost for i in range(k)] + [True])
+        with torch.no_grad():
+            want = dec(data[None], parity[None], available)[0, lost].numpy()
+        outputs = [None if i == lost else data[i].numpy() for i in range(k)]
+        got = dec.decode_missing(outputs, [parity[0].numpy()])
+        assert list(got) == [lost]
+        np.testing.assert_allclose(got[lost], want, rtol=1e-5, atol=1e-6)
+    assert dec.decode_missing([d.numpy() for d in data], [parity[0].numpy()]) == {}

@@ -6,6 +6,7 @@ import copy
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -198,7 +199,7 @@ def test_codes_table_smoke_writes_rows_and_plot(tmp_path: Path) -> None:
     rows = run_codes_table(
         cfg, on_row=lambda done, total, row: seen.append((done, total))
     )
-    # digits r=1: all six codes; r=2: berrut, linear, learned-mlp, learned-conv
+    # digits r=1: all seven codes; r=2: berrut, linear, learned-mlp, learned-conv
     assert [(r["code"], r["r"]) for r in rows] == [
         ("berrut", 1),
         ("linear", 1),
@@ -206,12 +207,112 @@ def test_codes_table_smoke_writes_rows_and_plot(tmp_path: Path) -> None:
         ("learned-mlp", 1),
         ("learned-conv", 1),
         ("concat-joint", 1),
+        ("concat-tiled", 1),
         ("berrut", 2),
         ("linear", 2),
         ("learned-mlp", 2),
         ("learned-conv", 2),
     ]
     assert all(tuple(r) == ROW_KEYS for r in rows)
-    assert seen[-1] == (10, 10)
+    assert seen[-1] == (11, 11)
     assert rows[0]["train_s"] == 0.0 or rows[0]["train_s"] < 0.01  # berrut: no training
     assert plot_degraded_vs_k(rows, tmp_path / "p.png").stat().st_size > 1000
+
+
+def _tile_loss(parity: nn.Module, base: nn.Module, enc, x: torch.Tensor) -> float:
+    from learncc.training.parity import tile_outputs
+
+    with torch.no_grad():
+        want = base(x.flatten(0, 1)).view(x.shape[0], x.shape[1], -1)
+        got = tile_outputs(parity, enc(x)[:, 0])
+        return float(nn.functional.mse_loss(got, want))
+
+
+def test_tile_sum_parity_trains_on_tile_mse_and_serves_from_a_bundle(
+    tmp_path: Path, digits: Dataset, base: nn.Module, spec: dict
+) -> None:
+    from learncc.serving.worker import load_model
+    from learncc.training.pipeline import tile_sum_parity
+
+    code = CodeConfig(k=2)  # concat / subtraction
+    enc, dec = make_code(code, digits.input_shape)
+    parity, parity_spec = tile_sum_parity(base, spec, 2)
+    assert parity_spec["model"] == "tile-sum"
+    x = torch.from_numpy(digits.val.x[:180]).view(90, 2, *digits.input_shape)
+    before = _tile_loss(parity, base, enc, x)
+    train_parity(
+        base, enc, dec, [parity], digits, _cfg(3), loss="tile-mse", progress=False
+    )
+    assert _tile_loss(parity, base, enc, x) < 0.8 * before
+
+    fill = torch.from_numpy(digits.val.x[0])
+    bundle = Bundle(
+        path=None,
+        manifest={
+            "base": spec,
+            "parity": {**parity_spec, "count": 1},
+            "code": code.to_dict(),
+        },
+        base=base,
+        parity=[parity],
+        encoder=enc,
+        decoder=dec,
+        fill_input=fill,
+        fill_output=base(fill[None])[0].detach(),
+    )
+    path = save_bundle(tmp_path / "b", bundle)
+    loaded = load_bundle(path)
+    assert type(loaded.parity[0].model).__name__ == "TileSum"
+
+    # the serving path: NumPy encode, a parity instance's model, NumPy decode
+    run, _ = load_model({"bundle": str(path), "role": "parity", "index": 0})
+    group = digits.test.x[:2][None]  # (1, k, *in)
+    query = loaded.encoder.encode_numpy(group)[:, 0]  # (1, *in)
+    served = run(query)  # (1, out)
+    with torch.no_grad():
+        want = parity(enc(torch.from_numpy(group))[:, 0]).numpy()
+        data_out = base(torch.from_numpy(group[0])).numpy()  # (k, out)
+    np.testing.assert_allclose(served, want, rtol=1e-5, atol=1e-5)
+    rebuilt = loaded.decoder.decode_numpy(data_out, served, [False, True, True])
+    np.testing.assert_allclose(rebuilt[0], served[0] - data_out[1], rtol=1e-5)
+    np.testing.assert_array_equal(rebuilt[1], data_out[1])
+
+
+def test_tile_mse_needs_a_tile_sum_parity_model_and_subtraction(
+    digits: Dataset, base: nn.Module, spec: dict
+) -> None:
+    from learncc.errors import ConfigError
+    from learncc.training.pipeline import tile_sum_parity
+
+    enc, dec = make_code(CodeConfig(k=2), digits.input_shape)
+    copy_of_f = build_from_spec(spec)
+    with pytest.raises(ConfigError, match="tile-mse needs tile-sum parity models"):
+        train_parity(base, enc, dec, [copy_of_f], digits, _cfg(1), loss="tile-mse")
+    wrong_k, _ = tile_sum_parity(base, spec, 3)
+    with pytest.raises(ConfigError, match="built for k=2; .* for k=3"):
+        train_parity(base, enc, dec, [wrong_k], digits, _cfg(1), loss="tile-mse")
+    with pytest.raises(ConfigError, match="starts from an MLP F"):
+        tile_sum_parity(base, {**spec, "model": "lenet5"}, 2)
+
+
+def test_codes_table_options_from_the_command_line() -> None:
+    from learncc.bench.codes_table import CODES, table_config
+    from learncc.errors import ConfigError
+
+    cfg = table_config(
+        codes="berrut,concat-tiled", k="3, 10", r="1", datasets="mnist5k", epochs=7
+    )
+    assert cfg.codes == ("berrut", "concat-tiled")
+    assert (cfg.k_values, cfg.r_values, cfg.datasets) == ((3, 10), (1,), ("mnist5k",))
+    assert cfg.code_epochs == {"mnist5k": 7, "digits": 7}
+    assert table_config(quick=True).k_values == (2, 3)
+    tiled = next(c for c in CODES if c.name == "concat-tiled")
+    assert [tiled.epochs(15, k) for k in (2, 3, 10)] == [12, 18, 60]
+    with pytest.raises(ConfigError, match="unknown codes"):
+        table_config(codes="concat,parm")
+    with pytest.raises(ConfigError, match="no epoch budget"):
+        table_config(datasets="cifar10")
+    with pytest.raises(ConfigError, match="k must be comma-separated integers"):
+        table_config(k="2,three")
+    with pytest.raises(ConfigError, match=r"k must be >= 2, got \[1\]"):
+        table_config(k="1,2")

@@ -114,6 +114,34 @@ def test_idx_download_failure_says_what_to_do(tmp_path, monkeypatch) -> None:
     assert not list((tmp_path / "mnist").glob("*.part"))
 
 
+def test_a_failed_download_creates_no_folders(tmp_path, monkeypatch) -> None:
+    # fresh-user test: `train --data-dir /nonexistent` left the folder behind
+    from learncc.data import cifar
+
+    monkeypatch.setitem(idx.MIRRORS, "mnist", [(tmp_path / "nowhere").as_uri() + "/"])
+    missing = tmp_path / "new" / "data"
+    with pytest.raises(DataUnavailableError, match=rf"put the .* in {missing}/mnist"):
+        load_dataset("mnist", data_dir=missing, download=True)
+    assert not (tmp_path / "new").exists()
+
+    layout = cifar._LAYOUTS["cifar10"]
+    nowhere = (tmp_path / "nowhere.tar.gz").as_uri()
+    monkeypatch.setitem(
+        cifar._LAYOUTS, "cifar10", cifar._Layout(**{**layout.__dict__, "url": nowhere})
+    )
+    with pytest.raises(
+        DataUnavailableError, match=rf"extract .* into {missing}/cifar10"
+    ):
+        load_dataset("cifar10", data_dir=missing, download=True)
+    assert not (tmp_path / "new").exists()
+
+    # a folder that was there before stays, with what it holds
+    (tmp_path / "kept" / "mnist").mkdir(parents=True)
+    with pytest.raises(DataUnavailableError):
+        load_dataset("mnist", data_dir=tmp_path / "kept", download=True)
+    assert (tmp_path / "kept" / "mnist").is_dir()
+
+
 def test_idx_corrupt_magic_names_the_file(tmp_path: Path) -> None:
     make_idx_set(tmp_path / "mnist", gz=False)
     bad = tmp_path / "mnist" / "train-labels-idx1-ubyte"

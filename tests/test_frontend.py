@@ -104,6 +104,57 @@ async def test_partial_group_is_flushed_with_the_fill_query() -> None:
     np.testing.assert_allclose(answer.output, W @ x, rtol=1e-4, atol=1e-5)
 
 
+async def test_partial_group_waits_its_own_flush_timeout() -> None:
+    # a window that filled earlier leaves the flush timer running; a later
+    # partial window must still get its full flush_timeout_s
+    loop = asyncio.get_running_loop()
+    frontend, backend = make(
+        lambda role, i, tag: None if (role, tag) == ("data", 2) else 0.001,
+        flush_timeout_s=0.2,
+    )
+    async with frontend:
+        xs = queries(3)
+        await asyncio.gather(*(frontend.submit(x) for x in xs[:2]))  # full group
+        await asyncio.sleep(0.15)
+        opened = loop.time()
+        late = frontend.submit(xs[2])  # its data instance never answers
+        await asyncio.sleep(0.1)  # the first window's timer has fired by now
+        assert not late.done()
+        assert sum(role == "parity" for role, _, _ in backend.sent) == 1
+        answer = await asyncio.wait_for(late, 1.0)
+        waited_s = loop.time() - opened
+    assert answer.reconstructed
+    np.testing.assert_allclose(answer.output, W @ xs[2], rtol=1e-4, atol=1e-5)
+    assert waited_s >= 0.2
+
+
+async def test_short_deadline_after_long_ones_and_many_answers_expires_on_time() -> (
+    None
+):
+    # the expiry heap is armed for the earliest entry and swept of answered
+    # entries (over 1024 of them here); a later, shorter deadline still counts
+    loop = asyncio.get_running_loop()
+    frontend, _ = make(
+        lambda role, i, tag: None if tag >= 1200 else 0.0005,
+        coded=False,
+        query_timeout_s=5.0,
+    )
+    async with frontend:
+        xs = queries(1)
+        for _ in range(6):
+            await asyncio.gather(*(frontend.submit(xs[0]) for _ in range(200)))
+        slow = frontend.submit(xs[0])  # never answered: expires at 5 s
+        start = loop.time()
+        with pytest.raises(QueryTimeoutError, match="within 0.05 s"):
+            await frontend.infer(xs[0], deadline_s=0.05)
+        assert loop.time() - start < 1.0
+        assert not slow.done()
+    with pytest.raises(FrontendClosedError):
+        slow.result()
+    stats = frontend.statistics()
+    assert (stats.answered, stats.timed_out, stats.failed) == (1200, 1, 2)
+
+
 async def test_two_stragglers_with_r1_time_out_never_guess() -> None:
     slow = {("data", 0), ("data", 1)}
     frontend, _ = make(
@@ -188,6 +239,18 @@ async def test_bad_queries_are_refused_before_acceptance(x: object, match: str) 
         with pytest.raises(BadQueryError, match=match):
             frontend.submit(x)  # type: ignore[arg-type]
         assert frontend.statistics().accepted == 0
+
+
+async def test_finite_query_whose_sum_of_squares_overflows_is_accepted() -> None:
+    # the finiteness check's fast path overflows here and must fall back
+    frontend, _ = make(lambda role, i, tag: 0.001, coded=False)
+    huge = np.full(IN, 2e19, np.float32)  # its square, 4e38, is not a float32
+    assert not np.isfinite(np.vdot(huge, huge))
+    async with frontend:
+        answer = await frontend.infer(huge)
+        with pytest.raises(BadQueryError, match="NaN or infinity"):
+            frontend.submit(np.concatenate([huge[:-1], [np.inf]]).astype(np.float32))
+    np.testing.assert_allclose(answer.output, W @ huge, rtol=1e-6)
 
 
 def test_k_larger_than_instances_fails_at_start() -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import math
 import os
 import re
 import signal
@@ -27,6 +29,7 @@ from learncc.errors import ConfigError
 from learncc.serving import Coding, Frontend
 from learncc.serving.http import HttpServer, make_app, serve_http
 from learncc.serving.http.app import SERVICE
+from learncc.serving.worker import NON_FINITE_OUTPUT
 
 W = np.eye(4, dtype=np.float32)[:3]  # F(x) = x[:3]
 TOKEN = "s3cret-token"
@@ -102,6 +105,13 @@ async def test_model_and_health_describe_the_server(client: TestClient) -> None:
         (b'{"input": "abcd"}', 400, "must be a nested list of numbers"),
         (b'{"input": true}', 400, "must be a nested list of numbers"),
         (b'{"input": [1, 2, 3, 1e999]}', 400, "infinity"),
+        # finite but huge: F's outputs would overflow (fresh-user test)
+        (
+            b'{"input": [1, 2, 3, 3e38]}',
+            400,
+            r"'input' holds values beyond \+-1e\+06 \(the server's max_abs_input\)",
+        ),
+        (b'{"inputs": [[1, 2, 3, 4], [0, 0, 0, -2e6]]}', 400, "beyond"),
         (b'{"input": [1, 2, 3, NaN]}', 400, "malformed JSON"),
         (b'{"inputs": []}', 400, "non-empty list"),
         (
@@ -249,6 +259,146 @@ def test_bad_options_are_refused_naming_the_option() -> None:
         make_app(frontend, default_deadline_s=0)
     with pytest.raises(ConfigError, match="model_name must be a non-empty name"):
         make_app(frontend, model_name="a/b")
+    with pytest.raises(ConfigError, match=r"max_abs_input must be > 0 \(or inf\)"):
+        make_app(frontend, max_abs_input=0)
+    with pytest.raises(ConfigError, match="body_timeout_s must be > 0"):
+        make_app(frontend, body_timeout_s=-1)
+    with pytest.raises(ConfigError, match="port must be an integer in 0..65535"):
+        HttpServer(frontend, port=70000)
+    with pytest.raises(ConfigError, match="drain_timeout_s must be a finite number"):
+        HttpServer(frontend, drain_timeout_s=math.nan)
+
+
+async def test_the_input_bound_is_configurable() -> None:
+    async with serving(frontend_of(), max_abs_input=10) as client:
+        resp = await client.post("/infer", json={"input": [1, 2, 3, 11]})
+        assert resp.status == 400
+        assert (
+            "beyond +-10 (the server's max_abs_input)" in (await resp.json())["error"]
+        )
+    async with serving(frontend_of(), max_abs_input=math.inf) as client:
+        resp = await client.post("/infer", json={"input": [1e30, 2, 3, 4]})
+        assert resp.status == 200
+        assert (await resp.json())["output"][0] == float(np.float32(1e30))
+
+
+class RefusingBackend(FakeBackend):
+    """Instances that refuse non-finite outputs, as the worker process does."""
+
+    def send(self, role: str, index: int, tag: int, x: np.ndarray) -> None:
+        with np.errstate(over="ignore"):  # the overflow is the point
+            super().send(role, index, tag, x)
+
+    def _deliver(self, role: str, index: int, tag: int, output: np.ndarray) -> None:
+        if np.isfinite(output).all():
+            super()._deliver(role, index, tag, output)
+            return
+        self.depths[(role, index)] -= 1
+        self.handler.on_result(role, index, tag, None, f"{NON_FINITE_OUTPUT}: ...")
+
+
+class OverflowingBackend(FakeBackend):
+    """Instances that answer inf (a backend that does not check outputs)."""
+
+    def _deliver(self, role: str, index: int, tag: int, output: np.ndarray) -> None:
+        super()._deliver(role, index, tag, np.full_like(output, np.inf))
+
+
+async def test_a_non_finite_output_is_an_explicit_error_not_null() -> None:
+    # F(x) = 1e38 x[:3] overflows for inputs well inside the bound
+    huge = W * np.float32(1e38)
+    async with serving(frontend_of(RefusingBackend(huge, data_instances=2))) as c:
+        resp = await c.post("/infer", json={"input": [4, 0, 0, 0]})
+        assert resp.status == 422
+        assert re.search(
+            rf"instance data/\d failed the query: {NON_FINITE_OUTPUT}",
+            (await resp.json())["error"],
+        )
+        ok = await c.post("/infer", json={"input": [1e-38, 0, 0, 0]})
+        assert ok.status == 200
+    async with serving(frontend_of(OverflowingBackend(W, data_instances=2))) as c:
+        resp = await c.post("/infer", json={"inputs": [[1, 2, 3, 4]]})
+        assert resp.status == 422
+        assert re.match(
+            "the model's output for input 0 holds NaN or infinity",
+            (await resp.json())["error"],
+        )
+
+
+async def _send_partial_body(
+    port: int,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"input": ['
+    )
+    await writer.drain()
+    return reader, writer
+
+
+async def test_a_stalled_body_gets_408_after_body_timeout_s() -> None:
+    async with serving(frontend_of(), body_timeout_s=0.2) as client:
+        reader, writer = await _send_partial_body(client.server.port)
+        start = time.perf_counter()
+        answer = await asyncio.wait_for(reader.readuntil(b"}"), 5)
+        assert 0.15 < time.perf_counter() - start < 3
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        assert b"did not arrive within 0.2 s (body_timeout_s)" in answer
+        await _close(writer)
+        # a body that arrives slowly but in time is served
+        reader, writer = await _send_partial_body(client.server.port)
+        await asyncio.sleep(0.05)
+        writer.write(b"1, 2, 3, 4]}" + b" " * 77)
+        answer = await asyncio.wait_for(reader.readuntil(b"}"), 5)
+        assert answer.startswith(b"HTTP/1.1 200 ") and b'"top1":2' in answer
+        await _close(writer)
+
+
+async def test_a_client_gone_mid_body_is_not_an_error_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("DEBUG", logger="learncc")
+    # HttpServer, not TestServer: the test server cancels the handler instead
+    server = HttpServer(frontend_of(), port=0)
+    await server.start()
+    try:
+        _, writer = await _send_partial_body(server.port)
+        await asyncio.sleep(0.05)
+        await _close(writer)
+        for _ in range(200):
+            if any("mid-body" in r.message for r in caplog.records):
+                break
+            await asyncio.sleep(0.01)
+        levels = [r.levelname for r in caplog.records if "mid-body" in r.message]
+        assert levels == ["DEBUG"]
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        async with aiohttp.ClientSession() as session:
+            resp = await session.post(f"{server.url}/infer", json={"input": [1] * 4})
+            assert resp.status == 200
+    finally:
+        await server.shutdown()
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+
+
+async def test_shutdown_does_not_wait_for_a_stalled_body() -> None:
+    frontend = frontend_of()
+    server = HttpServer(frontend, port=0, drain_timeout_s=5.0, body_timeout_s=30.0)
+    await server.start()
+    reader, writer = await _send_partial_body(server.port)
+    await asyncio.sleep(0.1)
+    start = time.perf_counter()
+    await server.shutdown()
+    # was the drain timeout (and more) before: the stalled client held it
+    assert time.perf_counter() - start < 2.0
+    answer = await asyncio.wait_for(reader.read(), 5)
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"shutting down" in answer
+    await _close(writer)
 
 
 async def test_metrics_count_outcomes_and_latency() -> None:

@@ -251,6 +251,19 @@ async def test_binary_data_output_makes_every_output_binary(client: TestClient) 
             400,
             "beyond float32's range",
         ),
+        # finite but huge: F's outputs would overflow (fresh-user test)
+        (
+            {"inputs": [{**tensor(X), "data": [3e38] * 8}]},
+            {},
+            400,
+            r"FP32 input holds values beyond \+-1e\+06 \(the server's max_abs_input\)",
+        ),
+        (
+            {"inputs": [{**tensor(X, "INT64"), "data": [0] * 7 + [-2_000_000]}]},
+            {},
+            400,
+            r"INT64 input holds values beyond \+-1e\+06",
+        ),
         (
             {"inputs": [tensor(X)], "outputs": [{"name": "logits"}]},
             {},
@@ -335,6 +348,27 @@ async def test_binary_sizes_must_add_up(client: TestClient) -> None:
     resp = await client.post(INFER, data=body, headers=headers)
     assert resp.status == 400
     assert (await resp.json())["error"] == "FP32 input holds NaN or infinity"
+    body, headers = binary_body(doc, np.full_like(X, -3e38).tobytes())
+    resp = await client.post(INFER, data=body, headers=headers)
+    assert resp.status == 400
+    assert "FP32 input holds values beyond +-1e+06" in (await resp.json())["error"]
+
+
+class OverflowingBackend(FakeBackend):
+    """Instances that answer inf (a backend that does not check outputs)."""
+
+    def _deliver(self, role: str, index: int, tag: int, output: np.ndarray) -> None:
+        super()._deliver(role, index, tag, np.full_like(output, np.inf))
+
+
+async def test_a_non_finite_output_is_422_not_null() -> None:
+    backend = OverflowingBackend(W, data_instances=2)
+    async with serving(frontend_of(backend=backend)) as client:
+        resp = await client.post(INFER, json={"inputs": [tensor(X)]})
+        assert resp.status == 422
+        assert (await resp.json())["error"].startswith(
+            "the model's output for input 0 holds NaN or infinity"
+        )
 
 
 async def test_unknown_version_and_model_are_404(client: TestClient) -> None:

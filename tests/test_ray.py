@@ -97,19 +97,26 @@ async def test_coded_answers_match_f_and_groups_span_nodes(
     assert shape.instances == 6
 
 
-async def test_batches_many_queries_per_actor_call(
+async def test_one_write_per_tick_and_batches_fill_up(
     cluster: object, digits_bundle: Path
 ) -> None:
     bundle = load_bundle(digits_bundle)
-    backend = RayBackend(digits_bundle, data_instances=2, max_batch=64, noop=True)
+    backend = RayBackend(
+        digits_bundle, data_instances=2, max_batch=64, service_ms=5, noop=True
+    )
     frontend = Frontend(backend, input_shape=bundle.input_shape)
     async with frontend:
         x = np.concatenate([_inputs(200)] * 2)  # the digits test split has 360
         answers = await asyncio.gather(*(frontend.infer(q) for q in x))
+        reports = await backend.reports()
     assert all(a.output.shape == (10,) and not a.output.any() for a in answers)
-    # 200 queries per actor, sent in one tick: calls of 64, 64, 64, 8
-    assert backend.calls_sent == 8
     assert frontend.statistics().answered == 400
+    # 200 queries per actor, sent in one tick: one write each
+    assert (backend.queries_sent, backend.writes) == (400, 2)
+    # the queue builds while a batch is served, so later batches are full
+    for key in ("data/0", "data/1"):
+        sizes = reports[key]["batch_sizes"]
+        assert sum(sizes) == 200 and max(sizes) == 64 and len(sizes) <= 6
 
 
 async def test_killed_actor_under_load_every_query_answered_once(
@@ -131,6 +138,7 @@ async def test_killed_actor_under_load_every_query_answered_once(
             DATA, 0, {"schedule": slow, "t0": asyncio.get_running_loop().time()}
         )
         old_pid = backend.pid(DATA, 0)
+        assert old_pid is not None
         futures = []
         for i, q in enumerate(x):
             futures.append(frontend.submit(q))
@@ -164,6 +172,46 @@ async def test_killed_actor_under_load_every_query_answered_once(
     assert after.output.shape == (10,)
 
 
+async def test_hung_actor_is_killed_and_its_queries_answered_elsewhere(
+    cluster: object, digits_bundle: Path
+) -> None:
+    bundle = load_bundle(digits_bundle)
+    backend = RayBackend(
+        digits_bundle, data_instances=2, service_ms=2, hang_timeout_s=1.0
+    )
+    frontend = Frontend(backend, input_shape=bundle.input_shape)
+    x = _inputs(40)
+    async with frontend:
+        loop = asyncio.get_running_loop()
+        hang = {"fail_at_s": 0.0, "fail_mode": "hang"}
+        await backend.configure(DATA, 0, {"schedule": hang, "t0": loop.time()})
+        old_pid = backend.pid(DATA, 0)
+        started = loop.time()
+        answers = await asyncio.gather(*(frontend.infer(q) for q in x))
+        waited_s = loop.time() - started
+        stats = frontend.statistics()
+        for _ in range(300):  # the replacement loads in a few seconds
+            if backend.alive(DATA, 0):
+                break
+            await asyncio.sleep(0.1)
+        assert backend.alive(DATA, 0) and backend.pid(DATA, 0) != old_pid
+        # the replacement does not inherit the failure: it serves again
+        backend.slots[(DATA, 1)].is_alive = False  # force data/0
+        after = await frontend.infer(x[0])
+        backend.slots[(DATA, 1)].is_alive = True
+
+    # data/0 held its first query (then its queue) until the watchdog gave up
+    # on it after 1 s; round robin had sent it every other query
+    assert stats.accepted == stats.answered == 40
+    assert stats.redispatched >= 1
+    assert 1.0 <= waited_s < 8.0
+    with torch.no_grad():
+        expected = load_bundle(digits_bundle).base(torch.from_numpy(x)).numpy()
+    got = np.stack([a.output for a in answers])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(after.output, expected[0], rtol=1e-5, atol=1e-5)
+
+
 async def test_no_node_with_the_gpus_is_a_config_error(
     cluster: object, digits_bundle: Path
 ) -> None:
@@ -173,7 +221,7 @@ async def test_no_node_with_the_gpus_is_a_config_error(
 
 
 def test_bad_options_are_refused_before_ray_starts(digits_bundle: Path) -> None:
-    with pytest.raises(ConfigError, match="max_inflight_calls must be >= 1, got 0"):
-        RayBackend(digits_bundle, data_instances=1, max_inflight_calls=0)
+    with pytest.raises(ConfigError, match="hang_timeout_s must be > 0 or None, got 0"):
+        RayBackend(digits_bundle, data_instances=1, hang_timeout_s=0)
     with pytest.raises(ConfigError, match="num_gpus and num_cpus must be >= 0"):
         RayBackend(digits_bundle, data_instances=1, num_gpus=-1)

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from learncc.cli import app
 from learncc.errors import BackendUnavailableError, ConfigError, UnknownNameError
 from learncc.serving.deploy import MODES, plan
-from learncc.serving.policy import pick_instance
+from learncc.serving.policy import least_loaded, pick_instance
 from learncc.serving.slowdown import instance_schedule, preset
 from learncc.sim import (
     Bimodal,
@@ -31,7 +31,8 @@ from learncc.sim import (
     simulate,
     simulate_mode,
 )
-from learncc.sim.engine import _Engine
+from learncc.sim.engine import _Engine, _LeastLoaded
+from learncc.sim.service import Overheads
 
 HANG_DATA_0 = {"slowdown": "fail-one", "slowdown_overrides": {"fail_at_s": 0.0}}
 
@@ -97,6 +98,40 @@ def test_pick_instance_skips_group_members_then_falls_back() -> None:
     assert pick_instance(4, 2, [False, True, False, True].__getitem__, {1, 3}) == 3
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_parity_placement_index_picks_as_least_loaded(data: st.DataObject) -> None:
+    # the simulator's O(log n) index against the frontend's scan, through
+    # sends, completions and deaths
+    n = data.draw(st.integers(1, 9))
+    r = data.draw(st.integers(1, min(3, n)))
+    depth = [0] * n
+    index = [_LeastLoaded(range(j, n, r), depth) for j in range(r)]
+    alive = [True] * n
+    for _ in range(data.draw(st.integers(1, 40))):
+        j = data.draw(st.integers(0, r - 1))
+        start = data.draw(st.integers(0, n - 1))
+        live = [i for i in range(j, n, r) if alive[i]]
+        if not live:
+            with pytest.raises(BackendUnavailableError):
+                index[j].pick(start)
+            continue
+        # the frontend reads the depth the index keeps, so compare on it
+        expected = least_loaded(live, depth.__getitem__, start, n)
+        assert index[j].pick(start) == expected
+        action = data.draw(st.sampled_from(["send", "done", "die"]))
+        if action == "send":
+            index[j].move(expected, 1)
+        elif action == "done":
+            busy = [i for i in live if depth[i] > 0]
+            if busy:
+                i = data.draw(st.sampled_from(busy))
+                index[j].move(i, -data.draw(st.integers(1, depth[i])))
+        else:
+            alive[expected] = False
+            index[j].remove(expected)
+
+
 # -- deployments ---------------------------------------------------------------
 
 
@@ -128,6 +163,59 @@ def test_fifo_queue_with_deterministic_service() -> None:
     result = run("none", [0.0, 0.001, 0.002], m=1)
     np.testing.assert_allclose(result.latencies_ms, [5.0, 9.0, 13.0])
     assert (result.n, result.errors, result.instances) == (3, 0, 1)
+
+
+def overheads(**ms: list[float]) -> Overheads:
+    return Overheads.from_samples(ms)
+
+
+def test_measured_frontend_delays_add_where_they_happen() -> None:
+    # 1 ms to dispatch, 0.5 ms for the outputs to come back, 0.25 ms to answer
+    delays = overheads(dispatch=[1.0], result=[0.5], answer=[0.25])
+    result = run("none", [0.0, 0.010], m=1, overheads={"none": delays})
+    np.testing.assert_allclose(result.latencies_ms, [6.75, 6.75])
+    # the instance is free when its batch ends, not when the frontend hears:
+    # the second query, 1 ms after the first, waits 4 ms, not 4.5 ms
+    queued = run("none", [0.0, 0.001], m=1, overheads={"none": delays})
+    np.testing.assert_allclose(queued.latencies_ms, [6.75, 10.75])
+
+
+def test_delays_measured_with_their_times_replay_at_those_times() -> None:
+    # a stall of the real frontend from 50 ms to 200 ms: outputs coming back
+    # in it wait 10 ms, those before it 0.5 ms (as measured then); after the
+    # last measurement (200 ms) the record replays from its start
+    stall = overheads(result=[0.5, 10.0, 0.5], result_at=[0.0, 0.05, 0.2])
+    arrivals = [0.0, 0.02, 0.1, 0.2, 0.25]
+    result = run("none", arrivals, m=1, overheads={"none": stall})
+    np.testing.assert_allclose(result.latencies_ms, [5.5, 5.5, 15.0, 5.5, 15.0])
+
+
+def test_encoding_delays_the_parity_and_so_the_rebuild() -> None:
+    # as test_coded_rebuilds_every_query_of_a_hung_instance, with 1 ms from
+    # sealing group 0 (at 1 ms) to its parity send: q0 is rebuilt at 7 ms
+    slow = {"coded": overheads(encode=[1.0])}
+    result = run("coded", np.arange(2) * 0.001, overheads=slow, **HANG_DATA_0)
+    np.testing.assert_allclose(result.latencies_ms, [7, 5])
+    assert result.reconstructed == 1
+
+
+def test_late_flush_timer_delays_a_partial_group() -> None:
+    # as test_partial_group_is_flushed_with_a_fill_query, the timer 2 ms late
+    late = {"coded": overheads(flush=[2.0])}
+    result = run(
+        "coded", np.arange(2) * 0.010, flush_timeout_s=0.005, overheads=late,
+        **HANG_DATA_0,
+    )  # fmt: skip
+    np.testing.assert_allclose(result.latencies_ms, [12, 5])
+
+
+def test_overheads_are_summarised_per_mode_and_checked() -> None:
+    cfg = SimConfig(overheads={"coded": overheads(dispatch=[1.0, 3.0])})
+    summary = cfg.to_dict()["overheads"]["coded"]
+    assert summary["dispatch_ms"]["samples"] == 2
+    assert summary["result_ms"] == {"samples": 0}
+    with pytest.raises(ConfigError, match=r"unknown modes \['fast'\]"):
+        SimConfig(overheads={"fast": overheads()})
 
 
 def test_coded_rebuilds_every_query_of_a_hung_instance() -> None:
@@ -172,6 +260,9 @@ def test_replicate_sends_every_query_twice_and_survives_a_hang() -> None:
     result = run("replicate", np.arange(8) * 0.001, **HANG_DATA_0)
     assert (result.instances, result.duplicates, result.errors) == (4, 8, 0)
     np.testing.assert_allclose(result.latencies_ms, [5, 5, 8, 8, 11, 11, 14, 14])
+    # each query takes the next two instances round robin, so q0, q2, q4, q6
+    # sit on the hung data/0 and are answered by their second copies
+    assert (result.by_copy, result.reconstructed) == (4, 0)
 
 
 def test_cheap_backup_answers_for_a_hung_instance() -> None:
@@ -179,7 +270,8 @@ def test_cheap_backup_answers_for_a_hung_instance() -> None:
     # median is known a backup answer is used as soon as it comes first
     result = run("cheap", np.arange(8) * 0.001, **HANG_DATA_0)
     assert (result.instances, result.backup_instances, result.errors) == (3, 1, 0)
-    assert result.reconstructed == 8
+    # backup answers are counted as such, never as reconstructed (as the bench)
+    assert (result.backup_used, result.reconstructed, result.by_copy) == (8, 0, 0)
     np.testing.assert_allclose(result.latencies_ms, 1.25 + 0.25 * np.arange(8))
 
 
@@ -203,7 +295,10 @@ def test_hedging_sends_copies_after_the_running_p95_and_cuts_the_tail() -> None:
     # about 5% of queries outlive the p95, a few more when hedges queue
     assert 0.03 < hedge.duplicates / hedge.n < 0.10
     assert hedge.p99 < 0.6 * equal.p99
-    assert hedge.reconstructed > 0 and hedge.errors == 0
+    assert hedge.errors == 0
+    # hedge answers are counted as what they are: the real frontend (and so
+    # learncc bench) reports reconstructed 0 for hedge; copies sent bound wins
+    assert hedge.reconstructed == 0 and 0 < hedge.by_copy <= hedge.duplicates
 
 
 def test_coding_cuts_the_tail_under_slow_episodes() -> None:
@@ -438,8 +533,12 @@ def test_cli_single_run_writes_bench_shaped_results(tmp_path: Path) -> None:
         "reconstructed",
         "reconstructed_fraction",
         "instances",
+        "by_copy",
+        "backup_used",
     ):
         assert key in coded
+    # bench's results.json counts only decoded answers as reconstructed
+    assert report["latency_ms"]["hedge"]["reconstructed"] == 0
     assert coded["instances"] == 6 and report["sim"]["service"] == {
         "name": "exponential",
         "mean_ms": 5.0,
@@ -494,13 +593,19 @@ def test_cli_reports_a_bad_config_without_a_traceback(tmp_path: Path) -> None:
 def test_simulator_matches_a_real_comparison(digits_bundle: Path) -> None:
     """5 s per mode at 200 q/s on 4 + 2 real instances under slow episodes.
 
-    One constant is fitted: the frontend and transport cost, as the real
-    ``equal`` median minus the 5 ms service. Everything else (coded's median,
-    both tails) is predicted. Bounds are loose because a 5 s run has ~800
-    counted queries, so its p99 is the 8th slowest, and because this 2-core
-    machine is shared: in our runs ``equal`` matched within 5% at p99, while
-    ``coded``, whose frontend encodes and decodes on the CPU, measured 27 ms
-    at p99 against 16 ms simulated while other jobs loaded the machine.
+    Nothing is fitted: the bench measures the frontend's own delays as it
+    runs (``learncc.bench.run.OverheadProbe``: dispatch lag, result
+    transport, encoding, flush-timer lateness, answering) and each mode's
+    service times, and the simulator replays them, at the times they were
+    measured, so a loaded machine stretches both sides alike. Bounds are
+    looser than the 15% of issue 7 because a 5 s run has ~800 counted
+    queries, so its p99 is the 8th slowest; docs/benchmarks.md has the full
+    20 s comparison (coded p99 within 6%, equal within 10%, at load 4-6).
+    On a machine loaded past its cores (load 11 to 16 on 2 cores) the real
+    coded frontend fell seconds behind and no model of ours followed it.
+    With one fitted constant instead (the real equal median minus 5 ms) the
+    simulator rebuilt a quarter as many coded queries as the real frontend
+    (193 against 798 in 20 s) and missed coded's p99 by half.
     """
     from learncc.bench.run import BenchConfig, run_comparison
 
@@ -515,12 +620,30 @@ def test_simulator_matches_a_real_comparison(digits_bundle: Path) -> None:
         seed=0,
     )
     real = run_comparison(digits_bundle, bench, progress=False)
-    overhead_ms = max(0.0, real["equal"].p50 - bench.service_ms)
-    sim = simulate(from_bench(bench, k=2, r=1, overhead_ms=overhead_ms))
+    for mode in bench.modes:
+        measured = real[mode].overheads_ms
+        assert measured["dispatch"] and measured["result"] and measured["answer"]
+    sim = simulate(from_bench(bench, k=2, r=1, measured=real))
     for mode in bench.modes:
         assert sim[mode].n + sim[mode].errors == real[mode].n + real[mode].errors
         assert sim[mode].p50 == pytest.approx(real[mode].p50, rel=0.15), mode
     assert sim["equal"].p99 == pytest.approx(real["equal"].p99, rel=0.25)
-    # coded's real p99 includes the frontend's encode/decode CPU, which the
-    # simulator does not model and which a busy machine stretches: within 2.5x
-    assert real["coded"].p99 / 2.5 <= sim["coded"].p99 <= real["coded"].p99 * 2.5
+    assert sim["coded"].p99 == pytest.approx(real["coded"].p99, rel=0.3)
+    # the frontend's delays decide how often the parity beats an original
+    assert sim["coded"].reconstructed == pytest.approx(
+        real["coded"].reconstructed, rel=0.4
+    )
+
+
+def test_cli_replays_measured_overheads_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "overheads.json"
+    path.write_text(json.dumps({"none": {"dispatch": [2.0], "answer": [1.0]}}))
+    out = tmp_path / "sim"
+    args = ["simulate", "--instances", "2", "--rate", "20", "--duration", "4"]
+    args += ["--modes", "none", "--slowdown", "none", "--out", str(out), "-q"]
+    res = CliRunner().invoke(app, [*args, "--overheads", str(path)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "results.json").read_text())
+    # 5 ms of service plus 3 ms measured, at 20 q/s on 2 instances no queueing
+    assert report["latency_ms"]["none"]["p50"] == pytest.approx(8.0, abs=0.01)
+    assert report["sim"]["overheads"]["none"]["dispatch_ms"]["samples"] == 1

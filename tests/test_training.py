@@ -150,3 +150,41 @@ def test_splits_are_seeded_and_disjoint() -> None:
     np.testing.assert_array_equal(a.test.y, b.test.y)
     assert not np.array_equal(a.test.y, c.test.y)
     assert np.bincount(a.train.y, minlength=10).min() > 300
+
+
+def test_train_bundle_with_a_tile_sum_parity_model(digits, tmp_path: Path) -> None:
+    from learncc.bundle import load_bundle
+    from learncc.training.pipeline import train_bundle
+
+    cfg = TrainConfig(epochs=5, seed=0)
+    bundle = train_bundle(
+        digits,
+        CodeConfig(k=2),
+        base_cfg=cfg,
+        parity_cfg=TrainConfig(epochs=4, lr=0.03, seed=0),
+        out=tmp_path / "b",
+        backup_hidden=None,
+        parity_model="tile-sum",
+        progress=False,
+    )
+    manifest = bundle.manifest
+    assert manifest["parity"]["model"] == "tile-sum"
+    assert manifest["parity"]["options"] == {"k": 2}
+    assert manifest["metrics"]["degraded_top1"] > 0.6
+    loaded = load_bundle(tmp_path / "b")
+    x = torch.from_numpy(digits.test.x[:8])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.parity[0](x), bundle.parity[0](x))
+    with pytest.raises(ConfigError, match="needs --encoder concat --decoder sub"):
+        train_bundle(
+            digits,
+            CodeConfig(k=2, encoder="addition"),
+            base_cfg=cfg,
+            parity_cfg=cfg,
+            parity_model="tile-sum",
+            progress=False,
+        )
+    with pytest.raises(ConfigError, match="unknown parity_model 'tiles'"):
+        train_bundle(
+            digits, CodeConfig(k=2), base_cfg=cfg, parity_cfg=cfg, parity_model="tiles"
+        )

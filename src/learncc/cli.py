@@ -248,6 +248,13 @@ def train(
     r: Annotated[int, typer.Option(help="Parity queries per coding group.")] = 1,
     encoder: str = "concat",
     decoder: str = "subtraction",
+    parity_model: Annotated[
+        str,
+        typer.Option(
+            help="copy (of F, ParM) or tile-sum (one MLP per tile, summed; "
+            "concat/subtraction with an MLP F)."
+        ),
+    ] = "copy",
     epochs: Annotated[int, typer.Option(help="Base model epochs.")] = 60,
     parity_epochs: int = 150,
     batch_size: int = 64,
@@ -297,6 +304,7 @@ def train(
         checkpoint_dir=out / "checkpoint",
         resume=resume,
         backup_hidden=_widths(backup_hidden),
+        parity_model=parity_model,
         progress=not quiet,
     )
     console.print(
@@ -336,7 +344,10 @@ def evaluate(
 @app.command()
 def bench(
     bundle: Annotated[
-        Path | None, typer.Argument(help="Bundle directory (not with --config).")
+        Path | None,
+        typer.Argument(
+            help="Bundle directory; with --config it replaces the config's bundle."
+        ),
     ] = None,
     out: Annotated[
         Path, typer.Option(help="Directory for results.json and the plots.")
@@ -402,7 +413,7 @@ def bench(
 
     _setup_logging(quiet)
     if config is not None:
-        _bench_sweep(config, out, quiet)
+        _bench_sweep(config, out, quiet, bundle)
         return
     if bundle is None:
         raise ConfigError("give a bundle directory, or a sweep with --config FILE")
@@ -438,16 +449,33 @@ def bench(
     _write_json(
         out / "service_times.json", {k: v.service_ms for k, v in results.items()}
     )
+    # the frontend delays measured per mode, for `learncc simulate --overheads`
+    _write_json(out / "overheads.json", {k: v.overheads_ms for k, v in results.items()})
     console.print(
-        f"wrote {out / 'results.json'}, {out / 'service_times.json'} and "
-        f"{out / 'latency_cdf.png'}"
+        f"wrote {out / 'results.json'}, {out / 'service_times.json'}, "
+        f"{out / 'overheads.json'} and {out / 'latency_cdf.png'}"
     )
 
 
-def _bench_sweep(config_path: Path, out: Path, quiet: bool) -> None:
+def _bench_sweep(
+    config_path: Path, out: Path, quiet: bool, bundle: Path | None
+) -> None:
     from learncc.bench.sweep import load_config, plot_sweep, run_sweep
+    from learncc.bundle import load_bundle
 
     config = load_config(config_path)
+    if bundle is not None:
+        if config["sweep"]["param"] == "k":
+            raise ConfigError(
+                f"{config_path} sweeps k, which needs one bundle per k "
+                "([sweep] bundles); drop the BUNDLE argument"
+            )
+        load_bundle(bundle)  # a bad BUNDLE fails now, not after a first run
+        console.print(
+            f"using bundle {bundle} in place of {config_path.name}'s bundle "
+            f"{config.get('bundle')!r}"
+        )
+        config["bundle"] = str(bundle.resolve())
     _serving_threads()
     out = Path(config.get("out", out))
     result = run_sweep(config, progress=not quiet)
@@ -481,11 +509,23 @@ def serve(
         str,
         typer.Option(help="Bind address; only this machine can connect by default."),
     ] = "127.0.0.1",
-    port: int = 8000,
-    mode: Annotated[str, typer.Option(help="coded, equal or none.")] = "coded",
+    port: Annotated[
+        int, typer.Option(help="TCP port, 0..65535 (0: any free one).")
+    ] = 8000,
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="coded, equal, none, hedge, replicate or cheap (see `learncc "
+            "bench`; cheap needs a bundle with a backup model)."
+        ),
+    ] = "coded",
     m: Annotated[int, typer.Option(help="Data instances.")] = 4,
-    service_ms: float = 0.0,
-    query_timeout: float = 10.0,
+    service_ms: Annotated[
+        float, typer.Option(help="Least service time of one query (emulation).")
+    ] = 0.0,
+    query_timeout: Annotated[
+        float, typer.Option(help="Seconds before an unanswered query fails (504).")
+    ] = 10.0,
     quiet: Quiet = False,
     backend: Annotated[
         str, typer.Option(help="local (processes here) or ray (Ray actors).")
@@ -532,6 +572,17 @@ def serve(
     drain_timeout: Annotated[
         float, typer.Option(help="Seconds SIGINT/SIGTERM waits for requests in flight.")
     ] = 10.0,
+    max_abs_input: Annotated[
+        float,
+        typer.Option(
+            help="Inputs with a value beyond +-this get 400 (huge inputs overflow "
+            "F's outputs); inf for no bound."
+        ),
+    ] = 1e6,
+    body_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds a request body may take to arrive; then 408."),
+    ] = 30.0,
 ) -> None:
     """Serve a bundle over HTTP: the Open Inference Protocol v2 (/v2/...), plain
     JSON (POST /infer) and Prometheus metrics (/metrics)."""
@@ -539,17 +590,30 @@ def serve(
 
     from learncc.bundle import load_bundle
     from learncc.serving.deploy import deployment
-    from learncc.serving.http import serve_http
+    from learncc.serving.http import HttpServer, serve_http
+    from learncc.serving.http.server import check_bindable
 
     _setup_logging(quiet)
-    defaults = ("none", "zeros", "fill")
-    if default_answer not in defaults:
-        raise ConfigError(
-            f"--default-answer must be one of {', '.join(defaults)}, "
-            f"got {default_answer!r}"
-        )
-    if deadline_ms is not None and not deadline_ms > 0:
-        raise ConfigError(f"--deadline-ms must be > 0, got {deadline_ms}")
+    # every option is checked before the bundle loads and instances start
+    # (which takes tens of seconds), so a typo fails at once
+    _check_serve_options(
+        mode=mode,
+        m=m,
+        backend=backend,
+        port=port,
+        name=name,
+        token=token,
+        service_ms=service_ms,
+        query_timeout=query_timeout,
+        max_pending=max_pending,
+        max_body_bytes=max_body_bytes,
+        deadline_ms=deadline_ms,
+        default_answer=default_answer,
+        drain_timeout=drain_timeout,
+        max_abs_input=max_abs_input,
+        body_timeout=body_timeout,
+    )
+    check_bindable(host, port)
     loaded = load_bundle(bundle)
     fill = loaded.fill_output.numpy().astype(np.float32)
     answers = {"none": None, "zeros": np.zeros_like(fill), "fill": fill}
@@ -577,11 +641,25 @@ def serve(
             host,
         )
     model_name = name or bundle.resolve().name
+    _check_model_name(model_name, "the bundle directory's name; pass --name")
+    counts = f"{shape.data_instances} data + {shape.parity_instances} parity"
+    if shape.backup_instances:
+        counts += f" + {shape.backup_instances} backup"
+    # one unwrapped line each: scripts wait for "serving ... on URL"
     console.print(
-        f"serving {bundle} as {model_name!r} ({mode}: {shape.data_instances} "
-        f"data + {shape.parity_instances} parity instances) "
-        f"on http://{host}:{port}"
+        f"starting {counts} instances ({mode}) for {bundle}",
+        soft_wrap=True,
+        markup=False,
     )
+
+    def on_ready(server: HttpServer) -> None:
+        # only now: the socket is bound and the instances are up
+        console.print(
+            f"serving {bundle} as {model_name!r} on {server.url}",
+            soft_wrap=True,
+            markup=False,
+        )
+
     try:
         asyncio.run(
             serve_http(
@@ -597,12 +675,98 @@ def serve(
                 if deadline_ms is not None
                 else None,
                 drain_timeout_s=drain_timeout,
+                max_abs_input=max_abs_input,
+                body_timeout_s=body_timeout,
+                on_ready=on_ready,
             )
         )
     except KeyboardInterrupt:
         pass
     except OSError as e:
         raise ConfigError(f"cannot serve on {host}:{port}: {e}") from None
+
+
+def _check_model_name(name: str, source: str) -> None:
+    if not name or "/" in name:
+        raise ConfigError(
+            f"the model name must be non-empty and without '/', got {name!r} ({source})"
+        )
+
+
+def _check_serve_options(
+    *,
+    mode: str,
+    m: int,
+    backend: str,
+    port: int,
+    name: str | None,
+    token: str | None,
+    service_ms: float,
+    query_timeout: float,
+    max_pending: int,
+    max_body_bytes: int,
+    deadline_ms: float | None,
+    default_answer: str,
+    drain_timeout: float,
+    max_abs_input: float,
+    body_timeout: float,
+) -> None:
+    """Check `learncc serve`'s options; the messages name the flags.
+
+    Raises:
+        ConfigError: the first option out of range.
+        UnknownNameError: an unknown mode or backend.
+    """
+    import math
+
+    from learncc.errors import UnknownNameError
+    from learncc.serving.deploy import MODES
+
+    if mode not in MODES:
+        raise UnknownNameError("mode", mode, list(MODES))
+    if backend not in ("local", "ray"):
+        raise UnknownNameError("backend", backend, ["local", "ray"])
+    if m < 1:
+        raise ConfigError(f"--m must be >= 1 data instance, got {m}")
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--port must be in 0..65535 (0: any free port), got {port}")
+    if name is not None:
+        _check_model_name(name, "--name")
+    if token is not None and not token:
+        raise ConfigError(
+            "--token (or LEARNCC_TOKEN) is empty; give a secret, or leave it out "
+            "to serve without authentication"
+        )
+    finite = {
+        "--service-ms": (service_ms, 0.0, True),
+        "--query-timeout": (query_timeout, 0.0, False),
+        "--drain-timeout": (drain_timeout, 0.0, True),
+    }
+    for flag, (value, low, inclusive) in finite.items():
+        ok = value >= low if inclusive else value > low
+        if not (math.isfinite(value) and ok):
+            relation = ">=" if inclusive else ">"
+            raise ConfigError(
+                f"{flag} must be a finite number {relation} {low:g}, got {value}"
+            )
+    if max_pending < 1:
+        raise ConfigError(f"--max-pending must be >= 1, got {max_pending}")
+    if max_body_bytes < 1024:
+        raise ConfigError(f"--max-body-bytes must be >= 1024, got {max_body_bytes}")
+    if deadline_ms is not None and not (math.isfinite(deadline_ms) and deadline_ms > 0):
+        raise ConfigError(
+            f"--deadline-ms must be a finite number > 0, got {deadline_ms}"
+        )
+    defaults = ("none", "zeros", "fill")
+    if default_answer not in defaults:
+        raise ConfigError(
+            f"--default-answer must be one of {', '.join(defaults)}, "
+            f"got {default_answer!r}"
+        )
+    if not max_abs_input > 0:
+        raise ConfigError(f"--max-abs-input must be > 0 (or inf), got {max_abs_input}")
+    if not body_timeout > 0:
+        raise ConfigError(f"--body-timeout must be > 0 (or inf), got {body_timeout}")
 
 
 from learncc.sim.cli import simulate  # noqa: E402
@@ -619,6 +783,18 @@ def codes_table(
         bool,
         typer.Option(help="CI smoke run: k in {2,3}, 1-3 epochs (under a minute)."),
     ] = False,
+    codes: Annotated[
+        str | None, typer.Option(help="Only these codes, e.g. berrut,concat-tiled.")
+    ] = None,
+    k: Annotated[str | None, typer.Option(help="Only these k, e.g. 2,3,4.")] = None,
+    r: Annotated[str | None, typer.Option(help="Only these r, e.g. 1.")] = None,
+    datasets: Annotated[
+        str | None, typer.Option(help="Only these datasets: mnist5k, digits.")
+    ] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(help="Code epochs for every dataset (F keeps its own)."),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Train and evaluate every applicable code for k in {2,3,4,5,10} and r in
@@ -627,14 +803,16 @@ def codes_table(
     from learncc.bench.codes_table import (
         CODES,
         ROW_KEYS,
-        TableConfig,
         plot_degraded_vs_k,
         run_codes_table,
+        table_config,
         time_codes,
     )
 
     _setup_logging(True)  # per-row lines below are the progress report
-    cfg = TableConfig.quick() if quick else TableConfig()
+    cfg = table_config(
+        quick=quick, codes=codes, k=k, r=r, datasets=datasets, epochs=epochs
+    )
     started = time.perf_counter()
     console.print(
         f"codes: {', '.join(cfg.codes)}; k in {list(cfg.k_values)}, r in "
@@ -642,7 +820,11 @@ def codes_table(
         f"{cfg.code_epochs} (cut to fit a 2-core CPU; ParM trains parity "
         f"models 150-200 epochs, so trained codes are under-trained here)"
     )
-    factors = {c.name: c.epochs_factor for c in CODES if c.epochs_factor != 1.0}
+    factors = {
+        c.name: f"{c.epochs_factor:g}" + (" x k/2" if c.epochs_grow_with_k else "")
+        for c in CODES
+        if c.name in cfg.codes and (c.epochs_factor != 1.0 or c.epochs_grow_with_k)
+    }
     if factors:
         console.print(f"codes with a share of the code epochs: {factors}")
 

@@ -64,3 +64,12 @@ class FrontendClosedError(LearnccError, RuntimeError):
 
 class BackendUnavailableError(LearnccError, RuntimeError):
     """No live instance can take the query (they died or never started)."""
+
+
+class NonFiniteOutputError(BackendUnavailableError, ArithmeticError):
+    """F gave NaN or infinity for this input, so the instance refused to answer.
+
+    A subclass of ``BackendUnavailableError`` because it arrives the same way
+    (an instance failed the query), but retrying cannot help: the input is the
+    cause (typically finite values large enough to overflow F).
+    """

@@ -2,7 +2,9 @@
 
 The recipe of ``learncc demo`` (augmentation, parity models started from F,
 one-cycle Adam), with F trained once and each parity model trained for
-``--epochs``. Run: ``python -m learncc.bench.encoders --epochs 150``.
+``--epochs``. Concatenation runs twice: with a copy of F as parity model
+(ParM) and with a ``tile-sum`` parity model trained on ``tile-mse``
+(``learncc.models.tiled``). Run: ``python -m learncc.bench.encoders --epochs 150``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from learncc.bundle import build_from_spec, model_spec
 from learncc.codes import CodeConfig, make_code
 from learncc.data import load_dataset
 from learncc.training import TrainConfig, evaluate_code, train_classifier, train_parity
+from learncc.training.pipeline import tile_sum_parity
+
+# (encoder, parity model): ParM's two codes, and concatenation with tile-sum
+RUNS = (("concat", "copy"), ("concat", "tile-sum"), ("addition", "copy"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,21 +46,33 @@ def main(argv: list[str] | None = None) -> None:
     )
     rows = []
     for k in (int(v) for v in args.k.split(",")):
-        for name in ("concat", "addition"):
+        for name, parity_model in RUNS:
             encoder, decoder = make_code(
                 CodeConfig(k=k, encoder=name), data.input_shape
             )
-            parity = build_from_spec(spec)
-            parity.load_state_dict(base.state_dict())
+            if parity_model == "tile-sum":
+                parity, _ = tile_sum_parity(base, spec, k)
+                loss = "tile-mse"
+            else:
+                parity = build_from_spec(spec)
+                parity.load_state_dict(base.state_dict())
+                loss = "parity-mse"
             started = time.perf_counter()
             train_parity(
-                base, encoder, decoder, [parity], data, TrainConfig(epochs=args.epochs)
+                base,
+                encoder,
+                decoder,
+                [parity],
+                data,
+                TrainConfig(epochs=args.epochs),
+                loss=loss,
             )
             metrics = evaluate_code(base, [parity], encoder, decoder, data.test)
             rows.append(
                 {
                     "k": k,
                     "encoder": name,
+                    "parity_model": parity_model,
                     "base_top1": metrics["base_top1"],
                     "degraded_top1": metrics["degraded_top1"],
                     "reconstruction_top1": metrics["reconstruction_top1"],

@@ -46,11 +46,16 @@ from learncc.serving.backend import NoopBackend
 
 
 class InstantBackend(NoopBackend):
-    """In-process instances that answer F(x) = x on the next loop iteration."""
+    """In-process instances that answer F(x) = x on the next loop iteration.
+
+    A zero-delay timer rather than ``call_soon``, as in ``NoopBackend``: the
+    answer must come after the frontend's end-of-iteration parity encoding, or
+    coded groups would be answered before they are sealed and skip that work.
+    """
 
     def send(self, role: str, index: int, tag: int, x: np.ndarray) -> None:
-        self.loop.call_soon(
-            self.handler.on_result, role, index, tag, x.reshape(-1), None
+        self.loop.call_later(
+            0, self.handler.on_result, role, index, tag, x.reshape(-1), None
         )
 
 

@@ -57,12 +57,14 @@ class ModeResult:
     latencies_ms: np.ndarray  # every counted latency, for CDF plots
     # per instance ("role/index"), measured per-batch service times in ms
     service_ms: dict[str, list[float]] = field(default_factory=dict)
+    # the frontend's own delays, for the simulator (learncc.bench.run.OverheadProbe)
+    overheads_ms: dict[str, list[float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             k: v
             for k, v in asdict(self).items()
-            if k not in ("latencies_ms", "service_ms")
+            if k not in ("latencies_ms", "service_ms", "overheads_ms")
         }
 
 

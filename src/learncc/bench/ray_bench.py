@@ -7,7 +7,14 @@ batching, not F. For each backend and mode it reports:
 - ``overhead_ms``: latency percentiles of one query at a time (closed loop,
   a single query outstanding): the fixed cost a query pays for the trip;
 - ``throughput_qps``: answers per second with ``window`` queries kept
-  outstanding (closed loop; each answer submits the next query).
+  outstanding (closed loop; each answer submits the next query);
+- on Ray, ``queries_per_write`` (queries one stream write carried) and
+  ``queries_per_batch`` (queries an actor served at once).
+
+Then, unless ``--tail-duration 0``, the tail latency of ``coded`` against
+``equal`` resources on each backend under the same Poisson trace and
+slowdown schedule as ``learncc bench`` (``learncc.bench.run``), with real
+models and the emulated service floor.
 
 Run as ``python -m learncc.bench.ray_bench BUNDLE [--address ADDR]``; it
 prints one JSON object. Without an address it starts a local Ray cluster
@@ -26,10 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from learncc.bench.run import BenchConfig, run_comparison, summary
 from learncc.bundle import load_bundle
 from learncc.serving.backend import Backend, LocalBackend
 from learncc.serving.deploy import coding_from_bundle, plan
 from learncc.serving.frontend import Frontend
+from learncc.serving.ray_backend import RayBackend
 
 
 def make_backend(
@@ -37,8 +46,6 @@ def make_backend(
 ) -> Backend:
     """A no-op backend ``name`` ("local" or "ray") with the given instances."""
     if name == "ray":
-        from learncc.serving.ray_backend import RayBackend
-
         return RayBackend(
             bundle,
             data_instances=data,
@@ -133,17 +140,34 @@ async def run_one(
         over = await overhead_ms(frontend, pool, overhead_n)
         qps = await throughput_qps(frontend, pool, window=window, duration_s=duration_s)
         stats = frontend.statistics()
-    result = {
+        reports = await backend.reports() if isinstance(backend, RayBackend) else {}
+    result: dict[str, Any] = {
         "overhead_ms": over,
         "throughput_qps": qps,
         "instances": shape.instances,
         "failed": stats.failed + stats.timed_out,
     }
-    if backend_name == "ray":
-        assert hasattr(backend, "calls_sent")
-        result["actor_calls"] = backend.calls_sent
-        result["queries_per_call"] = stats.accepted / max(1, backend.calls_sent)
+    if isinstance(backend, RayBackend):
+        batches = [n for r in reports.values() for n in r["batch_sizes"]]
+        result["queries_per_write"] = backend.queries_sent / max(1, backend.writes)
+        result["queries_per_batch"] = sum(batches) / max(1, len(batches))
     return result
+
+
+def tail(
+    bundle_path: Path, backend: str, *, duration_s: float, rate_qps: float, m: int
+) -> dict[str, dict[str, Any]]:
+    """``coded`` and ``equal`` on ``backend`` under the ``episodes`` slowdown,
+    as ``learncc bench`` runs them (same trace and schedules for both)."""
+    cfg = BenchConfig(
+        modes=("coded", "equal"),
+        rate_qps=rate_qps,
+        duration_s=duration_s,
+        slowdown="episodes",
+        m=m,
+        backend=backend,
+    )
+    return summary(run_comparison(bundle_path, cfg, progress=False))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -158,6 +182,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window", type=int, default=2000)
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--overhead-n", type=int, default=300)
+    parser.add_argument(
+        "--tail-duration", type=float, default=20.0, help="s per mode; 0 skips"
+    )
+    parser.add_argument("--tail-rate", type=float, default=300.0)
     args = parser.parse_args(argv)
     backends = [b for b in args.backends.split(",") if b]
     # the frontend's encoder and decoder run on tiny tensors: extra torch
@@ -184,6 +212,15 @@ def main(argv: list[str] | None = None) -> None:
                     duration_s=args.duration,
                     overhead_n=args.overhead_n,
                 )
+            )
+    if args.tail_duration > 0:
+        for name in backends:
+            results[f"tail/{name}"] = tail(
+                args.bundle,
+                name,
+                duration_s=args.tail_duration,
+                rate_qps=args.tail_rate,
+                m=args.m,
             )
     print(json.dumps(results, indent=2))
 

@@ -105,6 +105,127 @@ async def apply_slowdowns(
         await frontend.backend.configure(role, i, {"schedule": schedule, "t0": start})
 
 
+class OverheadProbe:
+    """Measures, from outside, the frontend's own delays that the simulator
+    (``learncc.sim``) replays instead of a fitted constant:
+
+    - ``dispatch``: from a query's scheduled arrival to its first send to a
+      data instance (load generator lag, input checks, dispatch);
+    - ``result``: a query's round trip to an idle instance outside its slow
+      episodes, minus ``service_ms`` (sockets both ways, the worker's wake-up
+      and sleep overshoot, the event loop until the frontend sees the result);
+    - ``encode``: from a coding group's last data send to its parity send,
+      for a group sealed as it filled;
+    - ``flush``: how late a flush-sealed group's parity send is after the
+      flush timeout (timer lateness plus encoding);
+    - ``answer``: from a result reaching ``on_result`` until the event loop
+      runs the callbacks it scheduled (decoding, answering, and the loop's
+      lag before the client sees the answer).
+
+    Every delay but ``dispatch`` (kept per query, in trace order) comes with
+    ``<name>_at``, when it was measured in seconds from the start, so that
+    the simulator replays a stall of the event loop where it happened.
+
+    Groups are told apart by send order: the first data send after a parity
+    send opens the next group. That holds for ``batch_size`` 1, which the
+    simulator models. It wraps the backend's ``send`` and the frontend's
+    ``on_result`` on the instances only, and costs the frontend a few
+    microseconds a query.
+    """
+
+    def __init__(
+        self,
+        frontend: Frontend,
+        shape: Deployment,
+        slowdown: SlowdownConfig,
+        cfg: BenchConfig,
+        arrivals_at: np.ndarray,
+        start: float,
+    ) -> None:
+        self.arrivals_at = arrivals_at  # loop times
+        self.start = start  # loop time of simulated time 0
+        self.service_s = cfg.service_ms / 1000
+        self.flush_timeout_s = cfg.flush_timeout_s
+        self.samples: dict[str, list[float]] = {
+            key: [] for key in ("dispatch", "result", "encode", "flush", "answer")
+        }
+        for key in ("result", "encode", "flush", "answer"):
+            self.samples[f"{key}_at"] = []
+        # slow episodes, in loop time, per instance: their round trips are the
+        # simulator's to stretch, not transport
+        self.episodes = {
+            key: [
+                (start + a, start + b)
+                for a, b in instance_schedule(
+                    slowdown, g, cfg.duration_s + 60, cfg.seed
+                )["episodes"]
+            ]
+            for g, key in enumerate(numbered_instances(shape))
+        }
+        self.sent: dict[tuple[str, int], tuple[float, int]] = {}
+        self.dispatched: set[int] = set()
+        self.last_data_send = self.group_opened = self.last_parity_send = -np.inf
+        self.loop = asyncio.get_running_loop()
+        backend = frontend.backend
+        self._send, self._depth = backend.send, backend.depth
+        self._on_result = frontend.on_result
+        backend.send = self.send  # type: ignore[method-assign]
+        frontend.on_result = self.on_result  # type: ignore[method-assign]
+
+    def send(self, role: str, index: int, tag: int, x: np.ndarray) -> None:
+        now = time.monotonic()  # loop.time() is time.monotonic()
+        idle = self._depth(role, index) == 0
+        self._send(role, index, tag, x)
+        if role == DATA:
+            if tag not in self.dispatched and 0 <= tag < len(self.arrivals_at):
+                self.dispatched.add(tag)
+                self.samples["dispatch"].append((now - self.arrivals_at[tag]) * 1000)
+            if self.last_parity_send >= self.last_data_send:
+                self.group_opened = now
+            self.last_data_send = now
+        elif role == PARITY and self.last_data_send > self.last_parity_send:
+            # the first parity send of a seal (r > 1 sends more at once)
+            self.last_parity_send = now
+            waited_s = now - self.group_opened
+            if waited_s >= self.flush_timeout_s:
+                self._add("flush", (waited_s - self.flush_timeout_s) * 1000, now)
+            else:
+                self._add("encode", (now - self.last_data_send) * 1000, now)
+        if idle and not self._slow((role, index), now):
+            self.sent[(role, tag)] = (now, index)
+
+    def on_result(
+        self, role: str, index: int, tag: int, output: Any, error: str | None
+    ) -> None:
+        sent = self.sent.pop((role, tag), None)
+        if sent is not None and sent[1] == index and output is not None:
+            now = time.monotonic()
+            if not self._slow((role, index), now):
+                rtt_s = now - sent[0]
+                extra_ms = max(0.0, rtt_s - self.service_s) * 1000
+                # at the batch's end, where the simulator adds it
+                self._add("result", extra_ms, sent[0] + self.service_s)
+        entered = time.monotonic()
+        self._on_result(role, index, tag, output, error)
+        if output is not None:
+            self.loop.call_soon(self._answered, entered)
+
+    def _answered(self, entered: float) -> None:
+        self._add("answer", (time.monotonic() - entered) * 1000, entered)
+
+    def _add(self, key: str, value_ms: float, at: float) -> None:
+        # with its time since the start, "<key>_at" in s: the simulator
+        # replays a delay at the time it was measured, so that a stall of
+        # the event loop hits the same stretch of queries there too
+        self.samples[key].append(value_ms)
+        self.samples[f"{key}_at"].append(at - self.start)
+
+    def _slow(self, key: tuple[str, int], at: float) -> bool:
+        # a round trip that touches an episode is left out whole
+        span = 0.5  # s; longer than any unslowed round trip we keep
+        return any(a - span <= at <= b + span for a, b in self.episodes[key])
+
+
 async def run_mode(
     bundle_path: Path,
     mode: str,
@@ -139,6 +260,9 @@ async def run_mode(
         await apply_slowdowns(
             frontend, shape, slowdown, start, cfg.duration_s, cfg.seed
         )
+        probe = OverheadProbe(
+            frontend, shape, slowdown, cfg, start + trace.arrivals_s, start
+        )
         with interference(
             background_procs=slowdown.background_procs,
             colocated_procs=slowdown.colocated_procs,
@@ -156,7 +280,11 @@ async def run_mode(
                 else None,
             )
         stats = frontend.statistics()
-        result = replace(result, service_ms=await frontend.backend.service_times())
+        result = replace(
+            result,
+            service_ms=await frontend.backend.service_times(),
+            overheads_ms=probe.samples,
+        )
     logger.info("%s: %s", mode, stats)
     return result
 

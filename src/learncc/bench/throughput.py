@@ -7,6 +7,10 @@ frontend alone (one core: this process); with ``--backend local`` they are
 worker processes with ``noop`` models, adding the socket transport.
 
 Run: ``python -m learncc.bench.throughput BUNDLE [--backend noop|local]``.
+
+``--codes`` instead times what the frontend runs per coding group, the
+bundle's ``encode_numpy`` on one group and ``decode_missing`` for one lost
+output, against F on one query as an instance runs it (issue 4).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import argparse
 import asyncio
 import json
 import time
+import timeit
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 
 from learncc.bundle import load_bundle
+from learncc.errors import ConfigError
 from learncc.serving.backend import NoopBackend
 from learncc.serving.deploy import coding_from_bundle, deployment, plan
 from learncc.serving.frontend import Frontend
@@ -102,6 +108,51 @@ async def measure(
         )
 
 
+def time_serving_codes(
+    bundle_path: Path, *, number: int = 500, repeat: int = 15
+) -> dict[str, float]:
+    """Per coding group: the frontend's encode and decode against F at batch 1.
+
+    The three are timed in turn, ``repeat`` times, keeping each one's best
+    (CPU time, so that other processes on a busy machine count less), so the
+    ratio compares like with like. F runs as in an instance (torch, one
+    thread, inference mode). Decoding rebuilds data slot 0 from the others
+    and the parity outputs, F's real outputs standing in for the parity
+    model's.
+
+    Returns:
+        ``f_us``, ``encode_us``, ``decode_us`` and ``overhead_pct`` =
+        100 (encode + decode) / F.
+    """
+    bundle = load_bundle(bundle_path)
+    k, r = bundle.code.k, bundle.code.r
+    x = np.stack([bundle.fill_input.numpy()] * k)[None]  # (1, k, *in)
+    one = torch.from_numpy(x[:, 0].copy())  # (1, *in)
+    with torch.inference_mode():
+        outputs = [o.numpy() for o in bundle.base(torch.from_numpy(x[0]))]
+    data: list[np.ndarray | None] = [None, *outputs[1:]]
+    parity: list[np.ndarray | None] = list(outputs[:r])
+    if not bundle.decoder.can_decode([o is not None for o in data] + [True] * r):
+        raise ConfigError("the bundle's decoder cannot rebuild one lost output")
+
+    def f() -> None:
+        with torch.inference_mode():
+            bundle.base(one).numpy()
+
+    timed = {
+        "f_us": f,
+        "encode_us": lambda: bundle.encoder.encode_numpy(x),
+        "decode_us": lambda: bundle.decoder.decode_missing(data, parity),
+    }
+    best = dict.fromkeys(timed, float("inf"))
+    for _ in range(repeat):
+        for name, fn in timed.items():
+            t = timeit.timeit(fn, number=number, timer=time.process_time)
+            best[name] = min(best[name], t / number * 1e6)
+    best["overhead_pct"] = 100 * (best["encode_us"] + best["decode_us"]) / best["f_us"]
+    return best
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("bundle", type=Path)
@@ -116,8 +167,16 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="noop backend: drop every n-th data query so groups decode",
     )
+    parser.add_argument(
+        "--codes",
+        action="store_true",
+        help="time the frontend's encode + decode per group against F instead",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # as in serving: small tensors, one core
+    if args.codes:
+        print(json.dumps(time_serving_codes(args.bundle)))
+        return
     results = {}
     for mode in args.modes.split(","):
         results[mode] = asyncio.run(

@@ -91,6 +91,10 @@ class Decoder(nn.Module):
 
         Args:
             available: k + r flags, data slots first, then parity slots.
+
+        The serving frontend asks only once k of the k + r outputs are
+        available, since every code here needs that many; a code that could
+        rebuild from fewer would be decoded later than it could be.
         """
         raise NotImplementedError
 
@@ -101,6 +105,39 @@ class Decoder(nn.Module):
         k + r flags in, ``(k, *out)`` out. Overridden by fixed linear decoders
         (see ``Encoder.encode_numpy``)."""
         return decode_numpy_default(self, data_out, parity_out, available)
+
+    def decode_missing(
+        self,
+        data_out: Sequence[np.ndarray | None],
+        parity_out: Sequence[np.ndarray | None],
+    ) -> dict[int, np.ndarray]:
+        """The serving frontend's decode: rebuild each unavailable data output.
+
+        Args:
+            data_out: k outputs of shape ``(*out)``, ``None`` where unavailable.
+            parity_out: r parity outputs of shape ``(*out)``, ``None`` where
+                unavailable.
+
+        Returns:
+            A fresh ``(*out)`` array for each ``None`` slot of ``data_out``,
+            keyed by slot. Call it only when ``can_decode`` holds for the
+            same availability; otherwise the values are meaningless.
+
+        The default stacks the outputs (NaN in the gaps) and calls
+        ``decode_numpy``; decoders with a cheaper direct form override it
+        (tests hold each override equal to ``forward``).
+        """
+        shape = next(o.shape for o in (*data_out, *parity_out) if o is not None)
+        nan = np.full(shape, np.nan, dtype=np.float32)
+        available = [o is not None for o in data_out] + [
+            p is not None for p in parity_out
+        ]
+        rebuilt = self.decode_numpy(
+            np.stack([nan if o is None else o for o in data_out]),
+            np.stack([nan if p is None else p for p in parity_out]),
+            available,
+        )  # (k, *out)
+        return {i: rebuilt[i].copy() for i, o in enumerate(data_out) if o is None}
 
     def forward(
         self, data_out: Tensor, parity_out: Tensor, available: Tensor

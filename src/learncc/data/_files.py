@@ -31,13 +31,15 @@ def fetch(urls: Sequence[str], dest: Path) -> str | None:
 
     Args:
         urls: mirrors of one file, tried in order.
-        dest: the file to write; its folder is created.
+        dest: the file to write; its folder is created once a mirror answers,
+            and removed again (if we created it and it is empty) when none
+            delivers, so a failed download leaves no empty folders behind.
 
     Returns:
         None on success, else one line per mirror saying why it failed, for the
         caller's error message.
     """
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    created = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]
     # Write beside the target and rename, so an interrupted download never
     # leaves a truncated file that a later run would take for the real one.
     partial = dest.with_name(dest.name + ".part")
@@ -45,18 +47,22 @@ def fetch(urls: Sequence[str], dest: Path) -> str | None:
     for url in urls:
         logger.info("downloading %s to %s", url, dest)
         try:
-            with (
-                urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,
-                open(partial, "wb") as out,
-            ):
-                while chunk := response.read(_CHUNK_BYTES):
-                    out.write(chunk)
+            with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with open(partial, "wb") as out:
+                    while chunk := response.read(_CHUNK_BYTES):
+                        out.write(chunk)
         except (OSError, ValueError) as exc:  # URLError and timeouts are OSErrors
             partial.unlink(missing_ok=True)
             failures.append(f"{url}: {exc}")
             continue
         os.replace(partial, dest)
         return None
+    for folder in created:  # deepest first
+        try:
+            folder.rmdir()
+        except OSError:
+            break  # not empty (someone else's files) or not ours to remove
     return "\n".join(failures)
 
 

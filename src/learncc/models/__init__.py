@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from learncc.errors import ConfigError, UnknownNameError
 from learncc.models.resnet import resnet18
+from learncc.models.tiled import TileSum, tile_sum
 
 Factory = Callable[..., nn.Module]
 
@@ -73,7 +74,12 @@ def _image_shape(input_shape: tuple[int, ...], name: str) -> tuple[int, int, int
     return c, h, w
 
 
-MODELS: dict[str, Factory] = {"mlp": mlp, "lenet5": lenet5, "resnet18": resnet18}
+MODELS: dict[str, Factory] = {
+    "mlp": mlp,
+    "lenet5": lenet5,
+    "resnet18": resnet18,
+    "tile-sum": tile_sum,  # a parity model for the concatenation code
+}
 
 
 class Normalized(nn.Module):
@@ -155,9 +161,11 @@ def predict(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
 __all__ = [
     "MODELS",
     "Normalized",
+    "TileSum",
     "build_model",
     "count_parameters",
     "lenet5",
     "mlp",
     "predict",
+    "tile_sum",
 ]

@@ -485,7 +485,10 @@ class NoopBackend:
         if role == DATA and self.fail_every and self.sent % self.fail_every == 0:
             return
         if not self.answers:
-            self.loop.call_soon(self._flush)
+            # a timer, not call_soon: answers come in the next loop iteration
+            # after the frontend's end-of-iteration work (its parity encoding),
+            # as they would from a socket
+            self.loop.call_later(0, self._flush)
         self.answers.append((role, index, tag))
 
     def _flush(self) -> None:

@@ -127,6 +127,10 @@ def deployment(
         raise UnknownNameError("backend", backend, ["local", "ray"])
     if mode not in MODES:
         raise UnknownNameError("mode", mode, list(MODES))
+    if backend == "ray" and mode == "cheap":
+        # RayBackend starts data and parity actors only; a backup role there
+        # would need its own actor kind, which nobody has asked for yet.
+        raise ConfigError("mode cheap runs on the local backend only, not on ray")
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     if loaded.path is None:
         raise ConfigError(
@@ -148,7 +152,9 @@ def deployment(
             data_instances=shape.data_instances,
             parity_instances=shape.parity_instances,
             service_ms=service_ms,
+            per_item_ms=per_item_ms,
             max_batch=max(max_batch, batch_size),
+            noop=noop,
             address=ray_address,
             num_gpus=num_gpus,
         )

@@ -3,13 +3,14 @@
 Queries are grouped into coding groups of k in arrival order. Each query is
 sent to a data instance at once (never held back for its group) and never to
 an instance that already holds a member of its group. When a group fills,
-the encoder makes its r parity queries and each goes to a parity instance. A
-group still partial after ``flush_timeout_s`` is completed with the bundle's
-fill query, whose F output is known, so the decoder sees a full group. As
-soon as the available data outputs and parity outputs allow it, the missing
-outputs are decoded and answered, flagged ``reconstructed``; the original is
-then withdrawn from its instance if not yet started, and discarded if it
-still arrives.
+the encoder makes its r parity queries (at once, or, when groups fill in a
+burst, at the end of the loop iteration in one call for all of them) and
+each goes to a parity instance. A group still partial after
+``flush_timeout_s`` is completed with the bundle's fill query, whose F
+output is known, so the decoder sees a full group. As soon as the available
+data outputs and parity outputs allow it, the missing outputs are decoded
+and answered, flagged ``reconstructed``; the original is then withdrawn from
+its instance if not yet started, and discarded if it still arrives.
 
 The same frontend serves the baselines it is compared with, on the same
 dispatch code: plain (``none``/``equal``), ``hedge`` (a second copy once a
@@ -38,9 +39,12 @@ same), and its members then reach their deadline or timeout.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
 import logging
+import math
 from collections import deque
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,15 +56,19 @@ from learncc.errors import (
     ConfigError,
     FrontendClosedError,
     LearnccError,
+    NonFiniteOutputError,
     OverloadedError,
     QueryTimeoutError,
 )
 from learncc.serving.backend import BACKUP, CANCELLED, DATA, PARITY, Backend
 from learncc.serving.policy import least_loaded, pick_instance
+from learncc.serving.protocol import NON_FINITE_OUTPUT
 
 logger = logging.getLogger(__name__)
 
 POLICIES = ("round-robin", "shortest-queue", "shared-queue")
+# windows closing closer together than this are sealed in one batch
+SEAL_BATCH_GAP_S = 1e-4
 REDUNDANCY = ("hedge", "replicate", "cheap")
 
 
@@ -101,23 +109,23 @@ class Coding:
     fill_output: np.ndarray  # (*out)
 
 
-@dataclass(eq=False)
+# slots: these are made per query or per group on the hot path (issue 3)
+@dataclass(eq=False, slots=True)
 class _Query:
     qid: int
     x: np.ndarray
     future: asyncio.Future[Answer]
     born: float
-    deadline: bool = False  # the timer is the caller's deadline, not the timeout
+    deadline: bool = False  # the expiry is the caller's deadline, not the timeout
     wait_s: float = 0.0
     group: _Group | None = None
     slot: int = 0
     copies: list[int] = field(default_factory=list)  # data instances holding it
-    timer: asyncio.TimerHandle | None = None
     extra: asyncio.TimerHandle | None = None  # hedge or backup timer
     backup_output: np.ndarray | None = None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Group:
     gid: int
     members: list[_Query] = field(default_factory=list)
@@ -125,9 +133,11 @@ class _Group:
     parity: list[np.ndarray | None] = field(default_factory=list)  # r slots
     instances: set[int] = field(default_factory=set)
     sealed: bool = False  # parity queries sent; membership final
+    unanswered: int = 0  # members still pending
+    arrived: int = 0  # data and parity outputs in hand, fill outputs included
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Window:
     """Batching: B consecutive queries go to one instance as a batch. Coded,
     k such batches form a window whose B coding groups each take the query at
@@ -135,10 +145,10 @@ class _Window:
     also travel as one batch."""
 
     groups: list[_Group]  # B groups (coded), else empty
+    opened: float  # loop time; the window is flushed flush_timeout_s later
     batch: list[_Query] = field(default_factory=list)  # the batch being filled
     instances: set[int] = field(default_factory=set)  # data instances of its batches
     count: int = 0
-    flush: asyncio.TimerHandle | None = None
 
 
 class RunningQuantiles:
@@ -258,6 +268,19 @@ class Frontend:
         self._shared: deque[_Query] = deque()
         self._busy: set[int] = set()  # shared-queue: data instances with a query
         self._latency = RunningQuantiles()
+        # only hedge and cheap read the quantiles
+        self._track_latency = redundancy in ("hedge", "cheap")
+        # Expiries: one heap of (loop time, query id) and one armed timer for
+        # its earliest entry, instead of a timer per query; answered queries'
+        # entries are skipped when they surface and swept out in bulk (issue 3:
+        # a timer made and cancelled per query was a large part of its cost).
+        self._expiries: list[tuple[float, int]] = []
+        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._expiry_at = math.inf
+        # one flush timer for the open window, re-armed rather than cancelled
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._sealing: list[list[_Group]] = []  # closed windows' groups
+        self._last_close_s = -math.inf  # loop time a window last closed
         self._closed = False
         self._counts = dict.fromkeys(
             (
@@ -286,6 +309,10 @@ class Frontend:
         self._closed = True
         for query in list(self._pending.values()):
             self._fail(query, FrontendClosedError("the frontend was closed"))
+        for timer in (self._expiry_timer, self._flush_timer):
+            if timer is not None:
+                timer.cancel()
+        self._expiry_timer = self._flush_timer = None
         await self.backend.close()
 
     async def __aenter__(self) -> Frontend:
@@ -323,7 +350,10 @@ class Frontend:
         if x.dtype.kind not in "fiu":
             raise BadQueryError(f"query dtype {x.dtype} is not numeric; send float32")
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if not np.isfinite(x).all():
+        # a sum of squares is finite only if every value is, and vdot costs a
+        # third of isfinite().all() (issue 3); a finite query so large that
+        # the sum overflows takes the exact test
+        if not math.isfinite(np.vdot(x, x)) and not np.isfinite(x).all():
             raise BadQueryError("query holds NaN or infinity")
         return x
 
@@ -357,13 +387,14 @@ class Frontend:
             self._counts["refused"] += 1
             raise OverloadedError(len(self._pending), self.max_pending)
         loop = self._loop
-        query = _Query(next(self._ids), x, loop.create_future(), loop.time())
+        now = loop.time()
+        query = _Query(next(self._ids), x, loop.create_future(), now)
         self._pending[query.qid] = query
         self._counts["accepted"] += 1
         query.wait_s = self.query_timeout_s
         if deadline_s is not None and deadline_s < query.wait_s:
             query.wait_s, query.deadline = deadline_s, True
-        query.timer = loop.call_later(query.wait_s, self._expire, query)
+        self._add_expiry(now + query.wait_s, query.qid)
         if self.coding is None and self.batch_size == 1:
             self._dispatch(query)
             self._add_redundancy(query)
@@ -386,15 +417,17 @@ class Frontend:
                     )
                     self._groups[group.gid] = group
                     groups.append(group)
-            window = self._window = _Window(groups)
-            window.flush = self._loop.call_later(
-                self.flush_timeout_s, self._close_window, window
-            )
+            window = self._window = _Window(groups, self._loop.time())
+            if self._flush_timer is None:
+                self._flush_timer = self._loop.call_later(
+                    self.flush_timeout_s, self._flush_due
+                )
         position = window.count % self.batch_size
         if window.groups:
             group = window.groups[position]
             query.group, query.slot = group, len(group.members)
             group.members.append(query)
+            group.unanswered += 1
         window.batch.append(query)
         window.count += 1
         if len(window.batch) == self.batch_size:
@@ -422,27 +455,49 @@ class Frontend:
                 self._send_data(query, index)
                 self._add_redundancy(query)
 
+    def _flush_due(self) -> None:
+        """The flush timer: close the open window if it is old enough, else
+        wait for it. Windows that filled earlier leave the timer running,
+        so it fires at most about once per flush_timeout_s."""
+        self._flush_timer = None
+        window = self._window
+        if window is None or self._closed:
+            return
+        due = window.opened + self.flush_timeout_s
+        if due <= self._loop.time():
+            self._close_window(window)
+        else:
+            self._flush_timer = self._loop.call_at(due, self._flush_due)
+
     def _close_window(self, window: _Window) -> None:
         """Send a partial batch and seal the window's coding groups (at the
         flush timeout, or when the window is full)."""
-        if window.flush is not None:
-            window.flush.cancel()
         if self._window is window:
             self._window = None
         self._send_batch(window)
         if window.groups:
-            self._seal(window.groups)
+            self._seal_soon(window.groups)
 
     def _pick(
         self,
         role: str,
-        avoid: set[int] | frozenset[int] = frozenset(),
+        avoid: Container[int] = (),
         among: range | None = None,
     ) -> int:
         """An instance of ``role`` by the dispatch policy, avoiding ``avoid``
         where another live instance exists."""
         backend = self.backend
         n = backend.counts[role]
+        start = self._rr[role]
+        if (
+            among is None
+            and self.policy != "shortest-queue"
+            and start not in avoid
+            and backend.alive(role, start)
+        ):
+            # pick_instance's first candidate, without its general scan
+            self._rr[role] = start + 1 if start + 1 < n else 0
+            return start
         if self.policy == "shortest-queue":
             live = [
                 i
@@ -452,14 +507,13 @@ class Frontend:
             if not live:
                 raise BackendUnavailableError(f"no live {role} instance")
             preferred = [i for i in live if i not in avoid] or live
-            start = self._rr[role]
             choice = min(
                 preferred, key=lambda i: (backend.depth(role, i), (i - start) % n)
             )
         else:
             choice = pick_instance(
                 n,
-                self._rr[role],
+                start,
                 lambda i: backend.alive(role, i),
                 avoid,
                 among,
@@ -484,7 +538,7 @@ class Frontend:
             self._shared.append(query)
             self._pump()
             return
-        avoid = query.group.instances if query.group is not None else set(query.copies)
+        avoid = query.group.instances if query.group is not None else query.copies
         try:
             self._send_data(query, self._pick(DATA, avoid))
         except BackendUnavailableError as e:
@@ -535,7 +589,7 @@ class Frontend:
     def _add_redundancy(self, query: _Query) -> None:
         if self.redundancy == "replicate":
             try:
-                self._send_data(query, self._pick(DATA, set(query.copies)))
+                self._send_data(query, self._pick(DATA, query.copies))
             except BackendUnavailableError:
                 pass  # one copy is enough to answer
         elif self.redundancy == "hedge" and self._latency.p95 is not None:
@@ -550,53 +604,89 @@ class Frontend:
         if query.qid not in self._pending:
             return
         try:
-            index = self._pick(DATA, set(query.copies))
+            index = self._pick(DATA, query.copies)
         except BackendUnavailableError:
             return
         if index not in query.copies:
             self._counts["hedged"] += 1
             self._send_data(query, index)
 
-    def _seal(self, groups: list[_Group]) -> None:
-        """Complete a window's groups with fill queries and send their parity
-        queries, the window's B parity queries for model j to one instance."""
+    def _seal_soon(self, groups: list[_Group]) -> None:
+        """Seal a closed window's groups now if windows close sparsely, else
+        at the end of this loop iteration together with every other window
+        closed in it: one encoder call for all of them instead of one per
+        group (issue 3). Results read from a socket run in a later iteration,
+        after that callback, so the wait delays no decoding; sealing sparse
+        windows at once spares low rates an extra pass of the loop per
+        group."""
+        now = self._loop.time()
+        sparse = now - self._last_close_s > SEAL_BATCH_GAP_S
+        self._last_close_s = now
+        if sparse and not self._sealing:
+            self._seal([groups])
+            return
+        if not self._sealing:
+            self._loop.call_soon(self._seal_closed)
+        self._sealing.append(groups)
+
+    def _seal_closed(self) -> None:
+        windows, self._sealing = self._sealing, []
+        if not self._closed:
+            self._seal(windows)
+
+    def _seal(self, windows: list[list[_Group]]) -> None:
+        """Complete the windows' groups with fill queries and send their
+        parity queries, each window's B parity queries for model j to one
+        instance."""
         assert self.coding is not None
         k, r = self.coding.decoder.k, self.coding.decoder.r
-        live = []
-        for group in groups:
-            group.sealed = True
-            if not any(q.qid in self._pending for q in group.members):
-                self._drop_group(group)  # all answered already: no parity needed
-                continue
-            for slot in range(len(group.members), k):
-                group.outputs[slot] = self.coding.fill_output
-            live.append(group)
+        live: list[list[_Group]] = []
+        n_live = 0
+        for groups in windows:
+            kept = []
+            for group in groups:
+                group.sealed = True
+                if not group.unanswered:
+                    self._drop_group(group)  # all answered already: no parity
+                    continue
+                for slot in range(len(group.members), k):
+                    group.outputs[slot] = self.coding.fill_output
+                    group.arrived += 1
+                kept.append(group)
+            if kept:
+                live.append(kept)
+                n_live += len(kept)
         if not live:
             return
-        inputs = np.stack(
-            [
-                np.stack(
-                    [q.x for q in g.members]
-                    + [self.coding.fill_input] * (k - len(g.members))
-                )
-                for g in live
-            ]
-        )  # (G, k, *in)
+        # filled in place: cheaper than nested np.stack for small groups
+        inputs = np.empty((n_live, k, *self.input_shape), np.float32)
+        g = 0
+        for groups in live:
+            for group in groups:
+                for slot, query in enumerate(group.members):
+                    inputs[g, slot] = query.x
+                if len(group.members) < k:
+                    inputs[g, len(group.members) :] = self.coding.fill_input
+                g += 1
         parity = self.coding.encoder.encode_numpy(inputs)  # (G, r, *in)
         n_parity = self.backend.counts[PARITY]
-        for j in range(r):
-            # parity instance i runs parity model i % r; whatever the data
-            # policy, parity goes to the least loaded one: a parity output
-            # only helps if it arrives before the stragglers it covers
-            try:
-                index = self._pick_least_loaded(PARITY, range(j, n_parity, r))
-            except BackendUnavailableError:
-                logger.debug("no live instance for parity model %d", j)
-                continue
-            for g, group in enumerate(live):
-                self.backend.send(PARITY, index, group.gid * r + j, parity[g, j])
-        for group in live:
-            self._try_decode(group)
+        first = 0  # row of parity for the window's first group
+        for groups in live:
+            for j in range(r):
+                # parity instance i runs parity model i % r; whatever the data
+                # policy, parity goes to the least loaded one: a parity output
+                # only helps if it arrives before the stragglers it covers
+                try:
+                    index = self._pick_least_loaded(PARITY, range(j, n_parity, r))
+                except BackendUnavailableError:
+                    logger.debug("no live instance for parity model %d", j)
+                    continue
+                for g, group in enumerate(groups, first):
+                    self.backend.send(PARITY, index, group.gid * r + j, parity[g, j])
+            first += len(groups)
+        for groups in live:
+            for group in groups:
+                self._try_decode(group)
 
     # -- results -----------------------------------------------------------
 
@@ -613,6 +703,8 @@ class Frontend:
             r = self.coding.decoder.r
             group = self._groups.get(tag // r)
             if group is not None and output is not None:
+                if group.parity[tag % r] is None:
+                    group.arrived += 1
                 group.parity[tag % r] = output
                 self._try_decode(group)
             return
@@ -630,14 +722,18 @@ class Frontend:
             if index in query.copies and len(query.copies) > 1:
                 query.copies.remove(index)  # another copy may still answer
             else:
+                cause = (
+                    NonFiniteOutputError
+                    if error is not None and error.startswith(NON_FINITE_OUTPUT)
+                    else BackendUnavailableError
+                )
                 self._fail(
-                    query,
-                    BackendUnavailableError(
-                        f"instance data/{index} failed the query: {error}"
-                    ),
+                    query, cause(f"instance data/{index} failed the query: {error}")
                 )
         else:
             if query.group is not None:
+                if query.group.outputs[query.slot] is None:
+                    query.group.arrived += 1
                 query.group.outputs[query.slot] = output
             self._answer(query, Answer(output, False, query.qid))
             self._cancel_copies(query, index)
@@ -690,12 +786,13 @@ class Frontend:
 
     def _try_decode(self, group: _Group) -> None:
         assert self.coding is not None
-        waiting = [q for q in group.members if q.qid in self._pending]
-        if not waiting:
+        if not group.unanswered:
             if group.sealed:
                 self._drop_group(group)
             return
-        if not group.sealed:
+        if not group.sealed or group.arrived < self.coding.decoder.k:
+            # every decoder needs k of the k + r outputs (see can_decode);
+            # the count spares a can_decode call on most results (issue 3)
             return
         decoder = self.coding.decoder
         available = [o is not None for o in group.outputs] + [
@@ -704,15 +801,14 @@ class Frontend:
         if not decoder.can_decode(available):
             return
         shape = self.coding.fill_output.shape
-        nan = np.full(shape, np.nan, dtype=np.float32)
-        data = np.stack([nan if o is None else o.reshape(shape) for o in group.outputs])
-        parity = np.stack(
-            [nan if p is None else p.reshape(shape) for p in group.parity]
-        )
-        rebuilt = decoder.decode_numpy(data, parity, available)  # (k, *out)
+        rebuilt = decoder.decode_missing(
+            [None if o is None else o.reshape(shape) for o in group.outputs],
+            [None if p is None else p.reshape(shape) for p in group.parity],
+        )  # slot -> (*out)
+        waiting = [q for q in group.members if q.qid in self._pending]
         for query in waiting:
             self._counts["reconstructed"] += 1
-            self._answer(query, Answer(rebuilt[query.slot].copy(), True, query.qid))
+            self._answer(query, Answer(rebuilt[query.slot], True, query.qid))
             # withdraw the straggling original: a slow instance then drains its
             # queue instead of computing answers nobody will read
             self._cancel_copies(query, winner=-1)
@@ -720,23 +816,28 @@ class Frontend:
 
     def _drop_group(self, group: _Group) -> None:
         self._groups.pop(group.gid, None)
+        # members point back at their group: break the cycle so that both are
+        # freed at once rather than by the cyclic collector (issue 3)
+        group.members = []
 
     # -- endings -----------------------------------------------------------
 
     def _finish(self, query: _Query) -> bool:
-        """Remove ``query`` from the pending set; False if it was already done."""
+        """Remove ``query`` from the pending set; False if it was already done.
+        Its expiry entry stays in the heap and is skipped when it surfaces."""
         if self._pending.pop(query.qid, None) is None:
             return False
-        if query.timer is not None:
-            query.timer.cancel()
         if query.extra is not None:
             query.extra.cancel()
+        if query.group is not None:
+            query.group.unanswered -= 1
         return True
 
     def _answer(self, query: _Query, answer: Answer) -> None:
         if self._finish(query) and not query.future.done():
             self._counts["answered"] += 1
-            self._latency.add(self._loop.time() - query.born)
+            if self._track_latency:
+                self._latency.add(self._loop.time() - query.born)
             query.future.set_result(answer)
 
     def _fail(self, query: _Query, error: LearnccError) -> None:
@@ -745,6 +846,36 @@ class Frontend:
             query.future.set_exception(error)
         if query.group is not None:
             self._try_decode(query.group)
+
+    def _add_expiry(self, at: float, qid: int) -> None:
+        expiries = self._expiries
+        if len(expiries) > 2 * len(self._pending) + 1024:
+            # mostly answered entries: sweep them out, amortized O(1) a query
+            expiries[:] = [e for e in expiries if e[1] in self._pending]
+            heapq.heapify(expiries)
+        heapq.heappush(expiries, (at, qid))
+        if at < self._expiry_at:
+            self._arm_expiry(at)
+
+    def _arm_expiry(self, at: float) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+        self._expiry_timer = self._loop.call_at(at, self._expire_due)
+        self._expiry_at = at
+
+    def _expire_due(self) -> None:
+        """The expiry timer: expire every pending query whose time has come,
+        then arm for the earliest pending one left."""
+        self._expiry_timer, self._expiry_at = None, math.inf
+        expiries, pending = self._expiries, self._pending
+        now = self._loop.time()
+        while expiries and (expiries[0][0] <= now or expiries[0][1] not in pending):
+            _, qid = heapq.heappop(expiries)
+            query = pending.get(qid)
+            if query is not None:
+                self._expire(query)
+        if expiries and not self._closed:
+            self._arm_expiry(expiries[0][0])
 
     def _expire(self, query: _Query) -> None:
         if query.qid not in self._pending:

@@ -28,6 +28,8 @@ STATS = 6  # instance -> frontend: measured service times; JSON (on CONTROL "rep
 CANCEL = 7  # frontend -> instance: drop the query if still queued
 
 CANCELLED = "cancelled"  # the ERROR message for a query dropped by CANCEL
+# How the ERROR message begins when an instance refuses a NaN or infinite output
+NON_FINITE_OUTPUT = "non-finite output"
 
 
 def frame(kind: int, tag: int, payload: bytes) -> bytes:

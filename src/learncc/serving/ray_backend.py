@@ -9,16 +9,23 @@ follow a slowdown schedule.
 
 Design, and why:
 
-- **One actor call is one batch.** An actor call costs milliseconds and one
-  driver makes on the order of a thousand calls per second, so ``send``
-  only buffers the query. Buffers are flushed once per event-loop tick, a
-  call carrying up to ``max_batch`` queries, and at most
-  ``max_inflight_calls`` calls are outstanding per actor; while they are,
-  new queries wait in the driver's buffer and join the next call. Under
-  load batches grow by themselves, so the call rate stays near the actors'
-  batch rate instead of the query rate. Tags never leave the driver: a call
-  carries one ``(n, *in)`` array and returns one ``(n, *out)`` array whose
-  rows are matched to the tags kept for that call.
+- **Ray places and supervises; queries travel on a stream.** A Ray actor
+  call costs the driver about 1 ms of CPU (measured here: 0.9-1.3 ms per
+  call, 1.8-2.8 ms round trip, whatever the payload) and the actor as much
+  again. Queries come one at a time at moderate load, so batching calls
+  only helps when queues are long; with ``max_batch`` 1 every query was a
+  call, coded mode made 1.5 calls per query (data plus parity) against
+  equal's 1, and on two cores the driver saturated first: coded lost to
+  equal resources (p99.9 929 ms against 363 ms, issue 6). So each actor
+  opens a TCP listener on its node and the driver connects to it once; the
+  query path is then the local backend's: length-prefixed frames
+  (``learncc.serving.protocol``), one per query, written together once per
+  event-loop tick, served by a thread in the actor in batches of up to
+  ``max_batch`` queued queries, one RESULT frame per query. Ray calls
+  remain for what is rare: creating actors, shipping the bundle,
+  slowdown schedules, reports, and killing. The first frame on a
+  connection must carry a per-actor random token, so the listener serves
+  only the driver that created it.
 - **Placement.** Instances are numbered data first, then parity, and
   instance g is pinned to node ``g mod N`` of the N alive nodes
   that have the resources. The frontend's round robin puts consecutive data
@@ -34,13 +41,15 @@ Design, and why:
   directory, loads the bundle, and removes the directory, so nodes need no
   shared filesystem. ``ship_bundle=False`` makes actors load it by path
   instead (same path on every node).
-- **Actor death.** A call that fails with ``RayActorError`` marks the
-  instance down and reports every tag it held (in calls and in the buffer)
-  to ``Handler.on_down``; the frontend resends them or reconstructs them,
-  and its pending set keeps each query answered exactly once. The backend
-  then creates a fresh actor for the slot (its own re-creation rather than
-  Ray's ``max_restarts``, so that it knows when the replacement is ready
-  and can re-send the slowdown schedule), and marks it alive again.
+- **Actor death.** When an actor's process dies its stream closes; an actor
+  that holds queries and sends nothing for ``hang_timeout_s`` is taken for
+  hung (or its node for lost) and killed. Either way the instance is marked
+  down and every query it held is reported to ``Handler.on_down``; the
+  frontend resends them or reconstructs them, and its pending set keeps
+  each query answered exactly once. The backend then creates a fresh actor
+  for the slot (its own re-creation rather than Ray's ``max_restarts``, so
+  that it knows when the replacement is ready and can re-send the slowdown
+  schedule), and marks it alive again.
 - **Slowdown clocks.** The frontend gives ``t0`` on its own
   ``time.monotonic()``, which other machines do not share. ``configure``
   converts it to seconds from now before the call and the actor adds that
@@ -52,23 +61,34 @@ Design, and why:
 Ray is an optional dependency (``pip install learncc[ray]``); it is imported
 only when a ``RayBackend`` starts.
 
-Shortcomings: a call's queries return together, so with ``max_batch`` > 1 a
-query waits for its whole batch, as in the local worker. Actors need
-learncc (and the bundle's Python dependencies, for a ``callable`` black-box
-F) installed on every node; no ``runtime_env`` is shipped. ``service_times``
-and ``configure`` wait behind nothing (they run on their own actor thread),
-but a hung actor still answers them, unlike a hung local worker.
+Shortcomings: the driver must reach every node's address on the port its
+actors pick (as Ray's own workers do); a driver attached through Ray Client
+(``ray://``) from outside the cluster usually cannot, and then ``start``
+fails with ``BackendUnavailableError``. A node that vanishes without closing
+its connections is noticed only once one of its instances holds a query for
+``hang_timeout_s``. Actors need learncc (and the bundle's Python
+dependencies, for a ``callable`` black-box F) installed on every node; no
+``runtime_env`` is shipped. The actor's serving loop repeats the local
+worker's (``learncc.serving.worker``) rather than sharing it, because the
+worker reads its schedule from frames on the shared clock and its bundle
+from a path.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import gc
+import hmac
+import json
 import logging
 import os
+import secrets
 import shutil
+import socket
 import tempfile
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,11 +96,14 @@ from typing import Any
 import numpy as np
 
 from learncc.errors import BackendUnavailableError, ConfigError
-from learncc.serving.backend import BACKUP, CANCELLED, DATA, PARITY, Handler
+from learncc.serving import protocol as P
+from learncc.serving.backend import BACKUP, DATA, PARITY, Handler
+from learncc.serving.worker import compute_replies, model_name
 
 logger = logging.getLogger(__name__)
 
 _CONTROL = "control"  # the actor thread that serves configure/report calls
+_HELLO_TIMEOUT_S = 5.0  # a connection must present its token this fast
 
 
 def import_ray() -> Any:
@@ -110,21 +133,29 @@ def read_bundle_files(path: str | Path) -> dict[str, bytes]:
 class InstanceActor:
     """One instance as a Ray actor (wrapped with ``ray.remote`` at start).
 
+    It listens on its node's address; the driver connects once and sends
+    queries as frames, which a thread serves (see the module docstring).
+
     Args:
         spec: ``role`` ("data" or "parity"), ``index`` (parity model index
-            for parity instances), ``service_ms``, ``noop``, and either
-            ``bundle`` (a path) or ``files`` (see ``read_bundle_files``).
+            for parity instances), ``service_ms``, ``per_item_ms``,
+            ``max_batch``, ``noop``, ``token`` (what the driver's first frame
+            must carry), and ``bundle`` (a path) unless ``files`` is given.
+        files: the bundle's files (see ``read_bundle_files``), or None.
     """
 
     def __init__(self, spec: dict[str, Any], files: dict[str, bytes] | None) -> None:
+        import ray
+
         from learncc.serving.slowdown import Schedule
 
         self.service_s = float(spec.get("service_ms", 0.0)) / 1000
         self.per_item_s = float(spec.get("per_item_ms", 0.0)) / 1000
-        self.noop = bool(spec.get("noop", False))
-        self.schedule = Schedule({}, time.monotonic())
-        self.service_ms: list[float] = []
         self.max_batch = int(spec.get("max_batch", 1))
+        self.token = str(spec["token"])
+        self.schedule = Schedule({}, time.monotonic())
+        self.service_ms: list[float] = []  # per batch, slowdowns included
+        self.batch_sizes: list[int] = []
         if files is None:
             self._load(spec, spec["bundle"])
         else:
@@ -135,6 +166,11 @@ class InstanceActor:
                 self._load(spec, tmp)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+        host = ray.util.get_node_ip_address()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.listener = socket.create_server((host, 0), family=family)
+        self.host, self.port = host, self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, name="learncc-serve", daemon=True).start()
 
     def _load(self, spec: dict[str, Any], path: str) -> None:
         import torch
@@ -143,41 +179,124 @@ class InstanceActor:
 
         torch.set_num_threads(1)
         bundle = load_bundle(path)
-        self.model = (
-            bundle.base if spec["role"] == DATA else bundle.parity[spec["index"]]
-        )
-        self.output_shape = tuple(bundle.fill_output.shape)
+        model = bundle.base if spec["role"] == DATA else bundle.parity[spec["index"]]
+        out_shape = tuple(bundle.fill_output.shape)
+        self.input_shape = tuple(bundle.input_shape)
+        self.name = model_name(spec)
+        if spec.get("noop"):
+            self.run = lambda xs: np.zeros((len(xs), *out_shape), np.float32)
+            return
 
-    def infer(self, xs: np.ndarray) -> np.ndarray:
-        """Serve one batch ``(n, *in)``; return ``(n, *out)`` float32."""
-        import torch
+        @torch.inference_mode()
+        def run(xs: np.ndarray) -> np.ndarray:
+            out = model(torch.from_numpy(xs)).numpy()
+            return out.astype(np.float32, copy=False)
 
+        self.run = run
+
+    # -- the stream (a thread of its own) -----------------------------------
+
+    def _accept(self) -> tuple[socket.socket, bytearray]:
+        """Wait for the driver: the first connection whose first frame carries
+        the token. Returns it with any bytes read past that frame."""
+        while True:
+            conn, _ = self.listener.accept()
+            conn.settimeout(_HELLO_TIMEOUT_S)
+            buffer = bytearray()
+            try:
+                while True:
+                    frames = P.split_frames(buffer)
+                    if frames:
+                        break
+                    chunk = conn.recv(1 << 16)
+                    if not chunk:
+                        raise ConnectionError("closed before its token")
+                    buffer += chunk
+                kind, _, payload = frames[0]
+                token = (
+                    json.loads(payload).get("token", "") if kind == P.CONTROL else ""
+                )
+                if hmac.compare_digest(str(token), self.token):
+                    conn.settimeout(None)
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    # frames after the hello (queries already sent) stay queued
+                    rest = b"".join(P.frame(k, t, p) for k, t, p in frames[1:])
+                    self.listener.close()
+                    return conn, bytearray(rest) + buffer
+            except (OSError, ValueError, P.FrameError, AttributeError):
+                pass
+            conn.close()  # not our driver
+
+    def _serve(self) -> None:
+        conn, buffer = self._accept()
+        try:
+            self._serve_stream(conn, buffer)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the driver went away; nothing left to answer
+        finally:
+            conn.close()
+
+    def _serve_stream(self, conn: socket.socket, buffer: bytearray) -> None:
+        queue: deque[tuple[int, bytes]] = deque()
+        while True:
+            # block only when there is nothing queued; otherwise take what arrived
+            conn.setblocking(not queue)
+            try:
+                chunk = conn.recv(1 << 20)
+                if not chunk:
+                    return  # the driver closed its end
+                buffer += chunk
+            except BlockingIOError:
+                pass
+            for kind, tag, payload in P.split_frames(buffer):
+                if kind == P.INFER:
+                    queue.append((tag, payload))
+                elif kind == P.CANCEL:
+                    kept = deque(item for item in queue if item[0] != tag)
+                    if len(kept) < len(queue):
+                        queue = kept
+                        conn.setblocking(True)
+                        conn.sendall(P.frame(P.ERROR, tag, P.CANCELLED.encode()))
+            if not queue:
+                continue
+            batch = [queue.popleft() for _ in range(min(self.max_batch, len(queue)))]
+            replies = self._serve_batch(batch)
+            conn.setblocking(True)
+            conn.sendall(b"".join(replies))
+
+    def _serve_batch(self, batch: list[tuple[int, bytes]]) -> list[bytes]:
+        """Run one batch and hold it for its emulated service time; return
+        its reply frames."""
         start = time.monotonic()
-        if self.schedule.failed(start):
-            if self.schedule.fail_mode == "crash":
+        schedule = self.schedule  # configure() may swap it from its thread
+        if schedule.failed(start):
+            if schedule.fail_mode == "crash":
                 os._exit(17)
-            while True:  # hang: hold the batch, answer nothing, until killed
+            while True:  # hang: hold the queries, answer nothing, until killed
                 time.sleep(3600)
-        if self.noop:
-            out = np.zeros((len(xs), *self.output_shape), dtype=np.float32)
-        else:
-            with torch.inference_mode():
-                out = self.model(torch.from_numpy(np.asarray(xs, np.float32))).numpy()
+        try:
+            replies = compute_replies(self.run, batch, self.input_shape, self.name)
+        except Exception as e:  # the model failed: say so for each query
+            message = f"{type(e).__name__}: {e}".encode()
+            replies = [P.frame(P.ERROR, tag, message) for tag, _ in batch]
         # emulate the service time as the local worker does: a floor, stretched
         # while slow, plus jitter and the emulated link's time for the bytes
-        floor = self.service_s + self.per_item_s * (len(xs) - 1)
+        floor = self.service_s + self.per_item_s * (len(batch) - 1)
         busy = max(time.monotonic() - start, floor)
-        moved = int(np.asarray(xs).nbytes + out.nbytes)
+        moved = sum(len(p) for _, p in batch) + sum(len(r) for r in replies)
         delay = (
-            busy * self.schedule.slow_factor(start)
-            + self.schedule.jitter()
-            + self.schedule.transport(moved)
+            busy * schedule.slow_factor(start)
+            + schedule.jitter()
+            + schedule.transport(moved)
         )
         remaining = start + delay - time.monotonic()
         if remaining > 0:
             time.sleep(remaining)
         self.service_ms.append((time.monotonic() - start) * 1000)
-        return out.astype(np.float32, copy=False)
+        self.batch_sizes.append(len(batch))
+        return replies
+
+    # -- control calls (the _CONTROL thread) ---------------------------------
 
     def configure(self, message: dict[str, Any]) -> None:
         """Install a slowdown schedule that starts ``start_in_s`` from now."""
@@ -188,12 +307,63 @@ class InstanceActor:
             self.schedule = Schedule(message["schedule"], t0)
 
     def report(self) -> dict[str, Any]:
-        return {"service_ms": list(self.service_ms), "max_batch": self.max_batch}
+        return {
+            "service_ms": list(self.service_ms),
+            "batch_sizes": list(self.batch_sizes),
+            "max_batch": self.max_batch,
+        }
 
     def where(self) -> dict[str, Any]:
         import ray
 
-        return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+        return {
+            "node": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "host": self.host,
+            "port": self.port,
+        }
+
+
+class _Stream(asyncio.Protocol):
+    """The driver's end of one actor's connection."""
+
+    def __init__(self, backend: RayBackend, slot: _Slot) -> None:
+        self.backend, self.slot = backend, slot
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        slot = self.slot
+        if slot.stream is not self:
+            return  # a connection the slot has given up on
+        slot.last_progress = time.monotonic()
+        self.buffer += data
+        try:
+            frames = P.split_frames(self.buffer)
+        except P.FrameError as e:
+            self.backend._down(slot, f"corrupt stream ({e})")
+            return
+        handler = self.backend.handler
+        for kind, tag, payload in frames:
+            if tag not in slot.outstanding:
+                continue  # its instance was given up on and replaced meanwhile
+            slot.outstanding.discard(tag)
+            if kind == P.RESULT:
+                output = np.frombuffer(payload, dtype=np.float32)
+                handler.on_result(slot.role, slot.index, tag, output, None)
+            elif kind == P.ERROR:
+                message = payload.decode("utf-8", "replace")
+                handler.on_result(slot.role, slot.index, tag, None, message)
+            if slot.stream is not self:
+                return  # the handler's reaction took the instance down
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.slot.stream is self and not self.backend.closing:
+            self.backend._down(self.slot, f"connection lost ({exc or 'closed'})")
 
 
 @dataclass(eq=False)
@@ -205,11 +375,12 @@ class _Slot:
     pid: int | None = None
     actual_node: str | None = None
     is_alive: bool = False
-    epoch: int = 0  # bumped on each death: results of older calls are stale
     restarts: int = 0
-    tags: list[int] = field(default_factory=list)  # buffered, not yet sent
-    xs: list[np.ndarray] = field(default_factory=list)
-    calls: dict[int, list[int]] = field(default_factory=dict)  # call id -> tags
+    token: str = ""  # what the current actor's stream expects first
+    stream: _Stream | None = None
+    outstanding: set[int] = field(default_factory=set)  # sent, not answered
+    out: list[bytes] = field(default_factory=list)  # frames to write this tick
+    last_progress: float = 0.0  # a frame's arrival, or the first send when idle
     schedule: dict[str, Any] | None = None  # the last slowdown schedule sent
     t0: float = 0.0  # its start, on this process's time.monotonic()
 
@@ -222,7 +393,7 @@ class RayBackend:
         data_instances, parity_instances: as for ``LocalBackend``.
         service_ms: each batch takes at least this long (see ``LocalBackend``).
         per_item_ms: added to the floor per query of a batch after the first.
-        max_batch: most queries in one actor call, which is one batch.
+        max_batch: most queued queries an instance serves in one batch.
         address: Ray cluster to join (``"auto"``, ``"ray://host:10001"``,
             ``"host:6379"``); ``None`` joins the cluster this process is
             already connected to, or starts a local one.
@@ -235,10 +406,17 @@ class RayBackend:
             model, to measure the serving path's own overhead.
         ship_bundle: send the bundle through Ray's object store (no shared
             filesystem needed); False loads it by path on every node.
-        max_inflight_calls: calls outstanding per actor; more queries wait in
-            the driver's buffer and are batched into the next call.
+        hang_timeout_s: an instance holding queries that sends nothing for
+            this long is taken for hung (or its node for lost): it is killed,
+            its queries go back to the frontend and it is replaced. Must
+            exceed the longest legitimate batch, slow episodes included;
+            ``None`` disables the watchdog.
         max_restarts: replacements per instance before it stays down.
         start_timeout_s: how long all actors may take to load.
+        freeze_gc: once started, move every object of this process to the
+            garbage collector's permanent generation (``gc.freeze``), so that
+            full collections skip Ray's and torch's long-lived objects. This
+            is process-wide: cycles among those objects are never freed.
 
     Ray is never shut down by ``close``: a process may serve several
     deployments on one cluster, and a local cluster ends with the process.
@@ -258,9 +436,10 @@ class RayBackend:
         num_cpus: float = 0.0,
         noop: bool = False,
         ship_bundle: bool = True,
-        max_inflight_calls: int = 2,
+        hang_timeout_s: float | None = 5.0,
         max_restarts: int = 10,
         start_timeout_s: float = 180.0,
+        freeze_gc: bool = True,
     ) -> None:
         if data_instances < 1 or parity_instances < 0:
             raise ConfigError(
@@ -273,41 +452,40 @@ class RayBackend:
             raise ConfigError(
                 f"num_gpus and num_cpus must be >= 0, got {num_gpus}, {num_cpus}"
             )
-        if max_inflight_calls < 1:
+        if hang_timeout_s is not None and not hang_timeout_s > 0:
             raise ConfigError(
-                f"max_inflight_calls must be >= 1, got {max_inflight_calls}"
+                f"hang_timeout_s must be > 0 or None, got {hang_timeout_s}"
             )
         self.bundle = str(Path(bundle).resolve())
         # no backup instances (mode cheap) on Ray yet
         self.counts = {DATA: data_instances, PARITY: parity_instances, BACKUP: 0}
-        self.service_ms, self.per_item_ms, self.max_batch = (
-            service_ms,
-            per_item_ms,
-            max_batch,
-        )
+        self.service_ms, self.per_item_ms = service_ms, per_item_ms
+        self.max_batch = max_batch
         self.address, self.num_gpus, self.num_cpus = address, num_gpus, num_cpus
         self.noop, self.ship_bundle = noop, ship_bundle
-        self.max_inflight_calls, self.max_restarts = max_inflight_calls, max_restarts
-        self.start_timeout_s = start_timeout_s
+        self.hang_timeout_s, self.max_restarts = hang_timeout_s, max_restarts
+        self.start_timeout_s, self.freeze_gc = start_timeout_s, freeze_gc
         self.slots: dict[tuple[str, int], _Slot] = {}
         self.closing = False
         self._dirty: set[_Slot] = set()
         self._flush_scheduled = False
-        self._call_ids = itertools.count()
-        self.calls_sent = (
-            0  # actor calls made for queries; queries / calls = batch size
-        )
+        # queries sent and stream writes made; queries / writes is how many
+        # queries one write carried
+        self.queries_sent = 0
+        self.writes = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._files_ref: Any = None
 
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self, handler: Handler) -> None:
-        """Connect to Ray, create every actor, and wait until all have loaded.
+        """Connect to Ray, create every actor, wait until all have loaded, and
+        connect to each.
 
         Raises:
             ConfigError: Ray is not installed, or no node has the resources.
-            BackendUnavailableError: an actor failed to load in time.
+            BackendUnavailableError: an actor failed to load in time, or its
+                address cannot be reached from here.
         """
         ray = import_ray()
         self.handler = handler
@@ -338,6 +516,13 @@ class RayBackend:
             ) from None
         for slot in self.slots.values():
             slot.is_alive = True
+        if self.freeze_gc:
+            # Ray leaves the driver with a large heap of long-lived objects;
+            # a full collection walking it stalled the event loop for 250 ms
+            # on our 2-core machine, every query in flight paying for it
+            gc.freeze()
+        if self.hang_timeout_s is not None:
+            self._spawn(self._watch())
         used = {s.actual_node for s in self.slots.values()}
         logger.info(
             "ray backend up: %d data + %d parity instances on %d nodes",
@@ -370,7 +555,8 @@ class RayBackend:
                 f"no alive Ray node has num_gpus={self.num_gpus:g} and "
                 f"num_cpus={self.num_cpus:g} for an instance; lower them or add nodes"
             )
-        nodes, placed, cursor = sorted(capacity), [], 0
+        nodes, cursor = sorted(capacity), 0
+        placed: list[str] = []
         for _ in range(count):
             free = [nodes[(cursor + s) % len(nodes)] for s in range(len(nodes))]
             node = next((n for n in free if capacity[n] > 0), None)
@@ -387,13 +573,15 @@ class RayBackend:
     def _create(self, slot: _Slot) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        spec = {
+        slot.token = secrets.token_hex(16)
+        spec: dict[str, Any] = {
             "role": slot.role,
             "index": slot.index,
             "service_ms": self.service_ms,
             "per_item_ms": self.per_item_ms,
             "max_batch": self.max_batch,
             "noop": self.noop,
+            "token": slot.token,
         }
         if slot.role == PARITY:
             spec["index"] = slot.index % max(1, self._parity_models())
@@ -417,14 +605,13 @@ class RayBackend:
         slot.actor = self._remote.options(**options).remote(spec, self._files_ref)
 
     def _parity_models(self) -> int:
-        import json
-
         from learncc.bundle import MANIFEST
 
         manifest = json.loads((Path(self.bundle) / MANIFEST).read_text())
         return int(manifest["parity"]["count"])
 
     async def _await_ready(self, slot: _Slot) -> None:
+        """Wait for the actor to load, then connect to its stream."""
         ray = import_ray()
         try:
             where = await slot.actor.where.options(concurrency_group=_CONTROL).remote()
@@ -433,6 +620,23 @@ class RayBackend:
                 f"instance {slot.role}/{slot.index} failed to start: {e}"
             ) from None
         slot.pid, slot.actual_node = where["pid"], where["node"]
+        try:
+            transport, stream = await self._loop.create_connection(
+                lambda: _Stream(self, slot), where["host"], where["port"]
+            )
+        except OSError as e:
+            raise BackendUnavailableError(
+                f"cannot reach instance {slot.role}/{slot.index} at "
+                f"{where['host']}:{where['port']} ({e}); the driver must reach "
+                "every Ray node's address"
+            ) from None
+        transport.write(P.control(0, {"token": slot.token}))
+        slot.stream, slot.outstanding, slot.out = stream, set(), []
+
+    def _spawn(self, coro: Any) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
         """Kill every actor; queries in flight are dropped (the frontend has
@@ -443,6 +647,9 @@ class RayBackend:
         ray = import_ray()
         for slot in self.slots.values():
             slot.is_alive = False
+            if slot.stream is not None and slot.stream.transport is not None:
+                slot.stream.transport.abort()
+            slot.stream = None
             if slot.actor is not None:
                 try:
                     ray.kill(slot.actor, no_restart=True)
@@ -456,83 +663,77 @@ class RayBackend:
         slot = self.slots[(role, index)]
         if not slot.is_alive:
             raise BackendUnavailableError(f"instance {role}/{index} is down")
-        slot.tags.append(tag)
-        slot.xs.append(x)
-        self._dirty.add(slot)
-        if not self._flush_scheduled:
-            # one flush per tick gathers every query sent during it
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+        if not slot.outstanding:
+            slot.last_progress = time.monotonic()
+        slot.outstanding.add(tag)
+        self.queries_sent += 1
+        payload = np.ascontiguousarray(x, np.float32).tobytes()
+        self._queue(slot, P.frame(P.INFER, tag, payload))
 
     def cancel(self, role: str, index: int, tag: int) -> None:
-        """Withdraw a query still in the driver's buffer; one already sent in
-        a call is part of a batch and runs to the end."""
+        """Withdraw a query the actor has not started; it then reports it
+        failed with ``CANCELLED``."""
         slot = self.slots[(role, index)]
-        if tag not in slot.tags:
-            return
-        i = slot.tags.index(tag)
-        del slot.tags[i], slot.xs[i]
-        # reported on the next tick, as an instance would, not inside the caller
-        self._loop.call_soon(self.handler.on_result, role, index, tag, None, CANCELLED)
+        if slot.is_alive and tag in slot.outstanding:
+            self._queue(slot, P.frame(P.CANCEL, tag, b""))
+
+    def _queue(self, slot: _Slot, frame: bytes) -> None:
+        slot.out.append(frame)
+        self._dirty.add(slot)
+        if not self._flush_scheduled:
+            # one write per actor per tick carries every frame of the tick
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, set()
         for slot in dirty:
-            self._flush_slot(slot)
-
-    def _flush_slot(self, slot: _Slot) -> None:
-        while slot.tags and slot.is_alive and len(slot.calls) < self.max_inflight_calls:
-            n = min(self.max_batch, len(slot.tags))
-            tags, slot.tags = slot.tags[:n], slot.tags[n:]
-            xs, slot.xs = slot.xs[:n], slot.xs[n:]
-            call_id = next(self._call_ids)
-            slot.calls[call_id] = tags
-            self.calls_sent += 1
-            ref = slot.actor.infer.remote(np.stack(xs))
-            fut = asyncio.wrap_future(ref.future(), loop=self._loop)
-            fut.add_done_callback(
-                lambda f, s=slot, c=call_id, e=slot.epoch: self._on_call_done(
-                    s, c, e, f
-                )
-            )
-
-    def _on_call_done(
-        self, slot: _Slot, call_id: int, epoch: int, fut: asyncio.Future[Any]
-    ) -> None:
-        error = None if fut.cancelled() else fut.exception()  # always retrieve it
-        if self.closing or epoch != slot.epoch or fut.cancelled():
-            return  # the slot died since; its tags were reported to on_down
-        tags = slot.calls.pop(call_id)
-        ray = import_ray()
-        if isinstance(error, ray.exceptions.RayActorError):
-            slot.calls[call_id] = tags
-            self._down(slot, error)
-            return
-        if error is not None:
-            message = f"{type(error).__name__}: {error}"
-            for tag in tags:
-                self.handler.on_result(slot.role, slot.index, tag, None, message)
-        else:
-            outputs = fut.result()
-            for tag, output in zip(tags, outputs, strict=True):
-                self.handler.on_result(
-                    slot.role, slot.index, tag, output.reshape(-1), None
-                )
-        self._flush_slot(slot)
+            if slot.out and slot.stream is not None:
+                assert slot.stream.transport is not None
+                slot.stream.transport.write(b"".join(slot.out))
+                self.writes += 1
+            slot.out = []
 
     # -- failures ----------------------------------------------------------
 
-    def _down(self, slot: _Slot, error: BaseException) -> None:
-        lost = sorted(itertools.chain(slot.tags, *slot.calls.values()))
+    async def _watch(self) -> None:
+        assert self.hang_timeout_s is not None
+        while not self.closing:
+            await asyncio.sleep(min(0.5, self.hang_timeout_s / 4))
+            now = time.monotonic()
+            for slot in list(self.slots.values()):
+                silent_s = now - slot.last_progress
+                if (
+                    slot.is_alive
+                    and slot.outstanding
+                    and silent_s > self.hang_timeout_s
+                ):
+                    self._down(
+                        slot,
+                        f"sent nothing for {silent_s:.1f} s with "
+                        f"{len(slot.outstanding)} queries in flight; killed as hung",
+                    )
+
+    def _down(self, slot: _Slot, reason: str) -> None:
+        """Give up on ``slot``'s actor: report its queries lost, kill it, and
+        replace it."""
+        if not slot.is_alive:
+            return
+        lost = sorted(slot.outstanding)
         slot.is_alive = False
-        slot.epoch += 1
-        slot.tags, slot.xs, slot.calls = [], [], {}
+        if slot.stream is not None and slot.stream.transport is not None:
+            slot.stream.transport.abort()
+        slot.stream, slot.outstanding, slot.out = None, set(), []
         logger.warning(
             "instance %s/%d is down (%d queries in flight): %s",
-            *(slot.role, slot.index, len(lost), type(error).__name__),
+            *(slot.role, slot.index, len(lost), reason),
         )
         self.handler.on_down(slot.role, slot.index, lost)
+        try:
+            import_ray().kill(slot.actor, no_restart=True)
+        except ValueError:
+            pass  # already gone
         if slot.restarts >= self.max_restarts:
             logger.warning(
                 "instance %s/%d stays down after %d replacements; raise "
@@ -542,17 +743,11 @@ class RayBackend:
                 slot.restarts,
             )
             return
-        task = self._loop.create_task(self._replace(slot))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._replace(slot))
 
     async def _replace(self, slot: _Slot) -> None:
         ray = import_ray()
         slot.restarts += 1
-        try:
-            ray.kill(slot.actor, no_restart=True)
-        except ValueError:
-            pass
         for attempt in range(3):
             alive = self._capacities(ray)
             if slot.node not in alive and alive:
@@ -573,6 +768,10 @@ class RayBackend:
                     slot.index,
                     attempt + 1,
                 )
+                try:
+                    ray.kill(slot.actor, no_restart=True)
+                except ValueError:
+                    pass
                 await asyncio.sleep(1.0)
         else:
             return
@@ -599,8 +798,7 @@ class RayBackend:
         return slot is not None and slot.is_alive
 
     def depth(self, role: str, index: int) -> int:
-        slot = self.slots[(role, index)]
-        return len(slot.tags) + sum(len(t) for t in slot.calls.values())
+        return len(self.slots[(role, index)].outstanding)
 
     def actor(self, role: str, index: int) -> Any:
         """The Ray actor handle of an instance (for tests and tools)."""
@@ -633,6 +831,13 @@ class RayBackend:
         """Each live instance's per-batch service times (ms), keyed
         ``role/index``; instances that do not answer in ``timeout_s`` are
         left out."""
+        reports = await self.reports(timeout_s)
+        return {key: report["service_ms"] for key, report in reports.items()}
+
+    async def reports(self, timeout_s: float = 2.0) -> dict[str, dict[str, Any]]:
+        """Each live instance's report, keyed ``role/index``: per batch its
+        ``service_ms`` and ``batch_sizes`` (queries), and ``max_batch``.
+        Instances that do not answer in ``timeout_s`` are left out."""
         asked = {
             f"{s.role}/{s.index}": asyncio.wrap_future(
                 s.actor.report.options(concurrency_group=_CONTROL).remote().future()
@@ -646,7 +851,7 @@ class RayBackend:
         out = {}
         for key, fut in asked.items():
             if fut.done() and fut.exception() is None:
-                out[key] = fut.result()["service_ms"]
+                out[key] = fut.result()
             else:
                 fut.cancel()
         return out

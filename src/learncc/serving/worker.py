@@ -13,17 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from learncc.serving import protocol as P
 from learncc.serving.slowdown import Schedule
+
+NON_FINITE_OUTPUT = P.NON_FINITE_OUTPUT  # re-exported: tests and callers import it here
 
 
 def load_model(spec: dict[str, Any]) -> tuple[Any, tuple[int, ...]]:
@@ -62,12 +66,66 @@ def load_model(spec: dict[str, Any]) -> tuple[Any, tuple[int, ...]]:
     return run, bundle.input_shape
 
 
+def model_name(spec: dict[str, Any]) -> str:
+    """How error messages name the model an instance runs."""
+    if spec["role"] == "data":
+        return "F"
+    if spec["role"] == "parity":
+        return f"parity model {spec.get('index', 0)}"
+    return "the backup model"
+
+
+def compute_replies(
+    run: Callable[[np.ndarray], np.ndarray],
+    batch: list[tuple[int, bytes]],
+    input_shape: tuple[int, ...],
+    model_name: str = "F",
+) -> list[bytes]:
+    """Run one batch of (tag, float32 payload) queries; one reply frame each.
+
+    A query gets an ERROR frame instead of a RESULT when its payload has the
+    wrong size or when the model's output for it is not finite. A finite but
+    huge input can overflow the output (found by a fresh-user test): answering
+    it would hand the client NaN (``null`` in JSON), and a parity output that
+    overflowed would rebuild a partner's answer from it. The frontend fails a data query
+    whose instance answered ERROR and treats an ERROR from a parity instance
+    as a missing parity output, so neither happens.
+    """
+    item_bytes = math.prod(input_shape) * 4
+    good = [(tag, p) for tag, p in batch if len(p) == item_bytes]
+    replies = [
+        P.frame(P.ERROR, tag, f"expected {item_bytes} bytes, got {len(p)}".encode())
+        for tag, p in batch
+        if len(p) != item_bytes
+    ]
+    if not good:
+        return replies
+    # bytearray: torch wants a writable buffer
+    x = np.frombuffer(bytearray(b"".join(p for _, p in good)), dtype=np.float32)
+    out = run(x.reshape(len(good), *input_shape))
+    if np.isfinite(out).all():  # the common case: one check for the batch
+        return replies + [
+            P.frame(P.RESULT, tag, out[i].tobytes()) for i, (tag, _) in enumerate(good)
+        ]
+    finite = np.isfinite(out.reshape(len(good), -1)).all(axis=1)
+    refused = (
+        f"{NON_FINITE_OUTPUT}: {model_name}'s output for this query holds NaN or "
+        "infinity (is the input far outside the range the model was trained on?)"
+    ).encode()
+    return replies + [
+        P.frame(P.RESULT, tag, out[i].tobytes())
+        if finite[i]
+        else P.frame(P.ERROR, tag, refused)
+        for i, (tag, _) in enumerate(good)
+    ]
+
+
 def serve(sock: socket.socket, spec: dict[str, Any]) -> None:
     run, input_shape = load_model(spec)
-    item_bytes = int(np.prod(input_shape)) * 4
     service_s = float(spec.get("service_ms", 0.0)) / 1000
     per_item_s = float(spec.get("per_item_ms", 0.0)) / 1000
     max_batch = int(spec.get("max_batch", 1))
+    name = model_name(spec)
     schedule = Schedule({}, time.monotonic())
     sock.sendall(P.frame(P.READY, 0, json.dumps({"pid": os.getpid()}).encode()))
 
@@ -114,20 +172,7 @@ def serve(sock: socket.socket, spec: dict[str, Any]) -> None:
                 time.sleep(3600)
 
         batch = [queue.popleft() for _ in range(min(max_batch, len(queue)))]
-        good = [(tag, p) for tag, p in batch if len(p) == item_bytes]
-        replies = [
-            P.frame(P.ERROR, tag, f"expected {item_bytes} bytes, got {len(p)}".encode())
-            for tag, p in batch
-            if len(p) != item_bytes
-        ]
-        if good:
-            # bytearray: torch wants a writable buffer
-            x = np.frombuffer(bytearray(b"".join(p for _, p in good)), dtype=np.float32)
-            out = run(x.reshape(len(good), *input_shape))
-            replies += [
-                P.frame(P.RESULT, tag, out[i].tobytes())
-                for i, (tag, _) in enumerate(good)
-            ]
+        replies = compute_replies(run, batch, input_shape, name)
 
         # emulate the service time: at least the floor, stretched while slow,
         # then the transport: a fixed delay plus the bytes at the link's rate

@@ -83,6 +83,13 @@ def simulate(
         float | None,
         typer.Option(help="Constant added to every latency (frontend and transport)."),
     ] = None,
+    overheads: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON of the frontend's measured delays per mode "
+            "({mode: ModeResult.overheads_ms}), replayed instead of --overhead-ms."
+        ),
+    ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed of arrivals, slowdowns and service draws.")
     ] = None,
@@ -112,6 +119,7 @@ def simulate(
         "node_size": node_size,
         "max_batch": max_batch,
         "overhead_ms": overhead_ms,
+        "overheads": overheads,
         "seed": seed,
     }
     settings.update({key: v for key, v in given.items() if v is not None})
@@ -141,7 +149,8 @@ def simulate(
         for mode, res in results.items():
             console.print(
                 f"  {mode}: {res.instances} instances, "
-                f"{100 * res.reconstructed_fraction:.2f}% by redundancy, "
+                f"{100 * res.reconstructed_fraction:.2f}% reconstructed, "
+                f"{res.by_copy} by a second copy, {res.backup_used} by backup, "
                 f"simulated in {res.wall_s:.1f} s"
             )
 

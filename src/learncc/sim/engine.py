@@ -38,16 +38,25 @@ time out unless decoded) or crashes (its queued queries are dispatched again,
 and their groups may decode them first), both at the first batch it would
 start at or after ``fail_at_s``, as the worker does.
 
-Speed: one SimPy event per arrival and one per batch (plus one per flush and
-hedge/backup timer); no process per query, service draws in numpy blocks,
-per-query state in flat arrays. About 3 microseconds of Python per event on
-our machine.
+The frontend's own delays can be replayed as measured by ``learncc bench``
+(``Overheads``, per mode): dispatch lag, transport of outputs, encoding,
+flush-timer lateness and answering, each where it happens, so they reorder
+events as on the real frontend (a late output lets the parity win). Without
+them, ``overhead_ms`` adds a constant per answer, which reorders nothing.
 
-Shortcomings: the frontend's own CPU and the transport are not simulated;
-``overhead_ms`` adds a constant per answer instead, which cannot reorder
-events. Timeouts are applied afterwards (an answer later than
-``query_timeout_s`` counts as an error), so a timed-out query's late output
-still helps its group decode, where the frontend would have discarded it.
+Speed: SimPy's event queue and clock with our own run loop (``_loop``):
+arrivals are merged in from the trace rather than scheduled, an instance is
+its own batch-done event, parity placement keeps an index instead of
+scanning (``_LeastLoaded``), service draws come in numpy blocks and
+per-query state sits in flat arrays. One heap event per batch (plus one per
+flush and hedge/backup timer, and with measured overheads one per output
+delivery and parity send).
+
+Shortcomings: measured delays are drawn independently, while one stall of
+the real event loop delays many queries at once. Timeouts are applied
+afterwards (an answer later than ``query_timeout_s`` counts as an error),
+so a timed-out query's late output still helps its group decode, where the
+frontend would have discarded it.
 Hedged and replicated copies are never cancelled. ``cheap`` backups only
 model timing; their accuracy loss is not simulated.
 """
@@ -58,8 +67,10 @@ import logging
 import math
 import time
 from array import array
+from bisect import bisect_left, bisect_right, insort
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from heapq import heappop, heappush
 from typing import Any
 
 import numpy as np
@@ -71,15 +82,16 @@ from learncc.bench.loadgen import Trace, poisson_trace
 from learncc.codes import DECODERS, Decoder
 from learncc.errors import BackendUnavailableError, ConfigError, UnknownNameError
 from learncc.serving.deploy import MODES, Deployment, plan
-from learncc.serving.policy import least_loaded, pick_instance
+from learncc.serving.policy import pick_instance
 from learncc.serving.slowdown import SlowdownConfig, instance_schedule, preset
-from learncc.sim.service import Deterministic, ServiceModel
+from learncc.sim.service import Deterministic, Measured, Overheads, ServiceModel
 
 logger = logging.getLogger(__name__)
 
 _BLOCK = 512  # service draws per refill of an instance's buffer
 _WINDOW = 2000  # answers behind the running percentiles of hedge and cheap
 _REFRESH = 100  # answers between recomputations of those percentiles
+_DECODED, _BY_COPY, _BY_BACKUP = 1, 2, 3  # values of _Engine.recon
 
 
 @dataclass(frozen=True)
@@ -107,6 +119,8 @@ class SimConfig:
     flush_timeout_s: float = 0.005
     query_timeout_s: float = 10.0
     overhead_ms: float = 0.0
+    # per mode, the real frontend's measured delays (see Overheads)
+    overheads: dict[str, Overheads] = field(default_factory=dict)
     hedge_percentile: float = 95.0
     cheap_fraction: float | None = None  # None: 1 / (2 k)
     cheap_percentile: float = 50.0
@@ -146,6 +160,9 @@ class SimConfig:
             raise ConfigError(
                 f"cheap_fraction must be in (0, 1], got {self.cheap_fraction}"
             )
+        unknown = sorted(set(self.overheads) - set(MODES))
+        if unknown:
+            raise ConfigError(f"overheads are per mode; unknown modes {unknown}")
         for mode in self.modes:
             plan(mode, m=self.m, k=self.k, r=self.r)  # validates m (>= k if coded)
         self.make_decoder()  # validates k, r for the decoder
@@ -164,7 +181,8 @@ class SimConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = asdict(replace(self, overheads={}))
+        d["overheads"] = {mode: o.describe() for mode, o in self.overheads.items()}
         d["service"] = self.service.describe()
         d["modes"] = list(self.modes)
         return d
@@ -178,6 +196,7 @@ def from_bench(
     decoder: str = "subtraction",
     overhead_ms: float = 0.0,
     modes: tuple[str, ...] | None = None,
+    measured: dict[str, Any] | None = None,
 ) -> SimConfig:
     """The simulation of a real ``learncc.bench.run.BenchConfig`` run.
 
@@ -193,8 +212,14 @@ def from_bench(
             max_batch, flush_timeout_s, query_timeout_s, seed, modes).
         k, r, decoder: the bundle's code.
         overhead_ms: constant added to every latency for what the simulator
-            leaves out (frontend, sockets, sleep overshoot).
+            leaves out (frontend, sockets, sleep overshoot); 0 with ``measured``.
         modes: overrides ``bench.modes``.
+        measured: the bench's results per mode (``ModeResult``); their
+            ``overheads_ms``, the frontend's delays measured in that run, are
+            replayed per mode (``Overheads``) instead of a constant, and
+            their ``service_ms`` replace ``Deterministic(service_ms)`` for
+            that mode, slow episodes divided out (``_unslowed``): on a
+            loaded machine the workers' sleeps overshoot too.
 
     Raises:
         ConfigError: a field is out of range (see ``SimConfig``).
@@ -215,7 +240,51 @@ def from_bench(
         flush_timeout_s=bench.flush_timeout_s,
         query_timeout_s=bench.query_timeout_s,
         overhead_ms=overhead_ms,
+        overheads={
+            mode: _measured_overheads(result, bench)
+            for mode, result in (measured or {}).items()
+            if result.overheads_ms
+        },
         seed=bench.seed,
+    )
+
+
+def _measured_overheads(result: Any, bench: Any) -> Overheads:
+    """One mode's measured delays and service times from its bench result."""
+    service = _unslowed(result.service_ms, bench)
+    samples = dict(result.overheads_ms)
+    if service is not None:
+        # The probe's result delay is a round trip less the service floor, so
+        # it holds the worker's usual overshoot of that floor, which the
+        # measured service times now carry: take the median overshoot out once.
+        measured = np.concatenate(list(service.samples.values()))
+        excess_ms = max(0.0, float(np.median(measured)) - bench.service_ms)
+        samples["result"] = [max(0.0, v - excess_ms) for v in samples.get("result", [])]
+    return Overheads.from_samples(samples, service=service)
+
+
+def _unslowed(service_ms: dict[str, list[float]], bench: Any) -> Measured | None:
+    """A run's measured per-batch service times with its slow episodes taken
+    out, for the simulator to apply them again where the schedule says.
+
+    The worker does not say which batches it served slowed, so a batch that
+    took at least 0.9 x the slow factor x ``service_ms`` counts as slowed
+    and is divided by the factor. An unslowed batch stalled that long by
+    the machine (rare: 45 ms for a 5 ms floor) is shortened by mistake.
+    """
+    if not service_ms:
+        return None
+    factor = preset(bench.slowdown, **bench.slowdown_overrides).slow_factor
+    cut_ms = 0.9 * factor * bench.service_ms
+    samples = {}
+    for key, values in service_ms.items():
+        v = np.asarray(values, dtype=np.float64)
+        if len(v):
+            samples[key] = np.where((factor > 1) & (v >= cut_ms), v / factor, v)
+    return (
+        Measured(samples, source="bench run, slow episodes divided out")
+        if samples
+        else None
     )
 
 
@@ -229,7 +298,7 @@ class SimResult:
     mean: float
     max: float
     n: int
-    reconstructed: int  # answered by redundancy: decoded, hedge, replica, backup
+    reconstructed: int  # decoded from the group and parity (coded), as the bench
     errors: int  # timed out, or no live instance left
     top1: float | None  # accuracy is not simulated: always None
     achieved_qps: float
@@ -239,6 +308,11 @@ class SimResult:
     backup_instances: int
     reconstructed_fraction: float
     duplicates: int  # hedged copies sent (hedge), second copies (replicate)
+    # Answers by other redundancy, counted apart as the frontend does (its
+    # ``hedged`` and ``backup_used``), not as reconstructed: the bench's
+    # ``reconstructed`` is decoded answers only.
+    by_copy: int  # answered by a second copy first (hedge, replicate)
+    backup_used: int  # answered by the backup model (cheap)
     late_discarded: int
     redispatched: int
     events: int
@@ -267,6 +341,90 @@ class _Event:
         self._value = value
 
 
+class _Draws:
+    """One measured frontend delay: by the time it was measured where known,
+    else in measured order, cyclically (see ``Overheads``)."""
+
+    __slots__ = ("values", "times", "span", "pos")
+
+    def __init__(self, overheads: Overheads, name: str) -> None:
+        values = np.asarray(getattr(overheads, f"{name}_ms")) / 1000
+        at = overheads.at_s.get(name)
+        if at is not None:
+            order = np.argsort(at, kind="stable")
+            self.times: list[float] | None = at[order].tolist()
+            values = values[order]
+            self.span = max(self.times[-1], 1e-9)
+        else:
+            self.times, self.span = None, 0.0
+        self.values: list[float] = values.tolist()
+        self.pos = 0
+
+    def at(self, now: float) -> float:
+        times = self.times
+        if times is None:
+            pos = self.pos
+            self.pos = pos + 1 if pos + 1 < len(self.values) else 0
+            return self.values[pos]
+        if now > self.span:
+            now %= self.span
+        i = bisect_right(times, now) - 1
+        return self.values[i if i >= 0 else 0]
+
+
+def _handed_over(arrivals_s: list[float], lags_s: list[float]) -> list[float]:
+    """When the frontend takes each query: its arrival plus its dispatch lag,
+    in arrival order (the load generator submits them in order)."""
+    times, last = [], 0.0
+    for at, lag in zip(arrivals_s, lags_s, strict=True):
+        last = max(last, at + lag)
+        times.append(last)
+    return times
+
+
+class _LeastLoaded:
+    """``learncc.serving.policy.least_loaded`` for one parity model's instances,
+    in O(log n) a pick instead of a scan of them all.
+
+    Instances are kept in sorted lists by depth (queries sent and not yet
+    answered, what the frontend's ``backend.depth`` counts), so the least
+    loaded one, ties going round robin from ``start``, is the first entry at
+    or after ``start`` in the lowest non-empty level. At 1,000 instances the
+    scan cost 0.6 ms a coding group, nine tenths of the simulator's time.
+    """
+
+    __slots__ = ("levels", "depth")
+
+    def __init__(self, members: range, depth: list[int]) -> None:
+        self.depth = depth  # shared: every parity instance's depth
+        self.levels: dict[int, list[int]] = {}
+        for i in members:
+            insort(self.levels.setdefault(depth[i], []), i)
+
+    def pick(self, start: int) -> int:
+        """The choice ``least_loaded`` makes; ``BackendUnavailableError`` if
+        no live candidate remains."""
+        if not self.levels:
+            raise BackendUnavailableError("no live parity instance")
+        ranked = self.levels[min(self.levels)]
+        pos = bisect_left(ranked, start)
+        return ranked[pos] if pos < len(ranked) else ranked[0]
+
+    def move(self, i: int, by: int) -> None:
+        """Change instance ``i``'s depth by ``by``."""
+        depth = self.depth[i]
+        self.remove(i)
+        self.depth[i] = depth + by
+        insort(self.levels.setdefault(depth + by, []), i)
+
+    def remove(self, i: int) -> None:
+        """Forget instance ``i`` (it died)."""
+        level = self.levels[self.depth[i]]
+        del level[bisect_left(level, i)]
+        if not level:
+            del self.levels[self.depth[i]]
+
+
 class _Instance:
     __slots__ = (
         "role",
@@ -289,6 +447,10 @@ class _Instance:
         "jitter_s",
         "jrng",
         "deliver",
+        "placement",
+        "batch",
+        "callbacks",
+        "_ok",
     )
 
     def __init__(self, role: str, index: int, g: int) -> None:
@@ -307,6 +469,15 @@ class _Instance:
         self.pos = 0
         self.scale = 1.0
         self.jitter_s = 0.0
+        self.placement: _LeastLoaded | None = None  # parity instances only
+        # set when the engine builds its instances and starts its run
+        self.rng: np.random.Generator
+        self.jrng: np.random.Generator
+        self.deliver: Any = None
+        # as an event (see _Event): its batch's end
+        self.batch: list[Any] = []
+        self.callbacks: list[Any] = []
+        self._ok = True
 
 
 class _Group:
@@ -333,13 +504,28 @@ class _Engine:
         self.k, self.r = cfg.k, cfg.r
         self.arrivals = arrivals_s.tolist()
         n = len(self.arrivals)
+        overheads = cfg.overheads.get(mode)
+        self.service = cfg.service
+        if overheads is not None and overheads.service is not None:
+            self.service = overheads.service  # this mode's instances, as measured
+        self.delays: dict[str, _Draws] = {}
+        if overheads is not None:
+            self.times = _handed_over(
+                self.arrivals, overheads.sequence_s("dispatch", n)
+            )
+            for name in ("result", "encode", "flush", "answer"):
+                if len(getattr(overheads, f"{name}_ms")):
+                    self.delays[name] = _Draws(overheads, name)
+        else:
+            self.times = self.arrivals  # when the frontend takes each query
         self.done = array("d", [-1.0]) * n  # answer time; inf: failed
-        self.recon = bytearray(n)
+        self.recon = bytearray(n)  # how a query was answered, if not by F: _BY_*
         self.started = array("d", [-1.0]) * n if record_waits else None
         self.counts = dict.fromkeys(("duplicates", "late", "redispatched"), 0)
         self.events = 0
         self.max_batch = cfg.max_batch
-        self._schedule = self.env.schedule
+        self._heap: list[Any] = self.env._queue
+        self._ids = self.env._eid
         self._build_instances()
         self.rr = {"data": 0, "parity": 0, "backup": 0}
         self.next_arrival = 0
@@ -395,6 +581,15 @@ class _Engine:
                 g += 1
             self.alive[role] = [True] * count
         self.alive_at = {role: alive.__getitem__ for role, alive in self.alive.items()}
+        n_parity = shape.parity_instances
+        depth = [0] * n_parity
+        self.placement = (
+            [_LeastLoaded(range(j, n_parity, cfg.r), depth) for j in range(cfg.r)]
+            if n_parity
+            else []
+        )
+        for inst in self.instances["parity"]:
+            inst.placement = self.placement[inst.index % cfg.r]
 
     # -- the event loop -----------------------------------------------------
 
@@ -421,33 +616,62 @@ class _Engine:
         for role, insts in self.instances.items():
             for inst in insts:
                 inst.deliver = by_role[role]
+                inst.callbacks = [self._on_batch_done]
         self.arrive = arrive
-        if self.arrivals:
-            self._after(self.arrivals[0], None, self._on_arrival)
-        self.env.run(until=self.cfg.duration_s + self.cfg.query_timeout_s + 1.0)
+        self._loop(until_s=self.cfg.duration_s + self.cfg.query_timeout_s + 1.0)
+
+    def _loop(self, until_s: float) -> None:
+        """SimPy's ``Environment.run`` for our events, with the arrivals merged
+        in from the trace instead of each being an event on the heap.
+
+        Order is SimPy's: by time, then by the order events were scheduled.
+        Arrival i + 1 counts as scheduled just after arrival i was handled (as
+        when each arrival scheduled the next), so it takes an event id then,
+        and ties with other events fall as they did. Saves a heap push and pop
+        per query, a quarter of the simulator's time at 100,000 queries/s.
+        """
+        env, queue, arrive = self.env, self.env._queue, self.arrive
+        ids = env._eid
+        arrivals = self.times
+        n = len(arrivals)
+        qid = 0
+        next_id = next(ids)
+        self.events += n
+        while True:
+            if qid < n:
+                at = arrivals[qid]
+                if not queue or (
+                    at < queue[0][0] or (at == queue[0][0] and next_id < queue[0][2])
+                ):
+                    env._now = at
+                    arrive(qid, at)
+                    qid += 1
+                    next_id = next(ids)
+                    continue
+            elif not queue:
+                break
+            if queue[0][0] >= until_s:
+                break
+            env._now, _, _, event = heappop(queue)
+            event.callbacks[0](event)
+        self.next_arrival = qid
 
     def _after(self, delay_s: float, value: Any, callback: Any) -> None:
-        self._schedule(_Event(callback, value), NORMAL, delay_s)
+        # Environment.schedule, without its call and checks
+        event = _Event(callback, value)
+        heappush(self._heap, (self.env._now + delay_s, NORMAL, next(self._ids), event))
         self.events += 1
-
-    def _on_arrival(self, event: Any) -> None:
-        qid = self.next_arrival
-        now = self.env._now
-        self.arrive(qid, now)
-        qid += 1
-        self.next_arrival = qid
-        if qid < len(self.arrivals):
-            self._schedule(
-                _Event(self._on_arrival, None), NORMAL, self.arrivals[qid] - now
-            )
-            self.events += 1
 
     def _pick(self, role: str, avoid: Any = (), among: range | None = None) -> int:
         rr = self.rr
-        n = len(self.alive[role])
-        choice = pick_instance(
-            n, rr[role], self.alive_at[role], avoid, among, role=role
-        )
+        alive = self.alive[role]
+        n = len(alive)
+        choice = rr[role]
+        # pick_instance's first step, inline: it settles almost every pick
+        if among is not None or not alive[choice] or choice in avoid:
+            choice = pick_instance(
+                n, choice, self.alive_at[role], avoid, among, role=role
+            )
         rr[role] = choice + 1 if choice + 1 < n else 0
         return choice
 
@@ -467,7 +691,7 @@ class _Engine:
         batch = [queue.popleft()] if b == 1 else [queue.popleft() for _ in range(b)]
         pos = inst.pos
         if pos == len(inst.buf):
-            draws = self.cfg.service.draw_ms(inst.rng, inst.role, inst.index, _BLOCK)
+            draws = self.service.draw_ms(inst.rng, inst.role, inst.index, _BLOCK)
             inst.buf = (np.maximum(draws, 0.0) * (inst.scale / 1000)).tolist()
             pos = 0
         service_s = inst.buf[pos]
@@ -486,7 +710,9 @@ class _Engine:
             for item in batch:
                 if item >= 0 and self.started[item] < 0:
                     self.started[item] = now
-        self._schedule(_Event(self._on_batch_done, (inst, batch)), NORMAL, service_s)
+        # the instance is its own batch-done event: it has one batch at a time
+        inst.batch = batch
+        heappush(self._heap, (now + service_s, NORMAL, next(self._ids), inst))
         self.events += 1
 
     @staticmethod
@@ -500,15 +726,34 @@ class _Engine:
         else:
             inst.slow_from = inst.slow_until = math.inf
 
-    def _on_batch_done(self, event: Any) -> None:
-        inst, batch = event._value
+    def _on_batch_done(self, inst: _Instance) -> None:
+        batch = inst.batch
         now = self.env._now
+        delay = self.delays.get("result")
+        if delay is not None:
+            # the instance takes its next batch at once; the frontend sees
+            # this one's outputs after the measured transport delay
+            self._after(delay.at(now), (inst, batch), self._on_outputs)
+            inst.busy = False
+            if inst.queue:
+                self._start(inst, now)
+            return
+        if inst.placement is not None:
+            inst.placement.move(inst.index, -len(batch))
         deliver = inst.deliver
         for item in batch:
             deliver(item, now)
         inst.busy = False
         if inst.queue:
             self._start(inst, now)
+
+    def _on_outputs(self, event: Any) -> None:
+        inst, batch = event._value
+        now = self.env._now
+        if inst.placement is not None:
+            inst.placement.move(inst.index, -len(batch))
+        for item in batch:
+            inst.deliver(item, now)
 
     def _fail(self, inst: _Instance, now: float) -> None:
         """The instance hangs or crashes as it would start a batch (as the
@@ -521,6 +766,8 @@ class _Engine:
         self.alive[inst.role][inst.index] = False
         lost = list(inst.queue)
         inst.queue.clear()
+        if inst.placement is not None:
+            inst.placement.remove(inst.index)
         if inst.role != "data":
             return  # groups lose a parity; a backup's queries keep their original
         for item in lost:
@@ -572,7 +819,7 @@ class _Engine:
         qid = item if item >= 0 else ~item
         if self._answer(qid, now):
             if item < 0:
-                self.recon[qid] = 1
+                self.recon[qid] = _BY_COPY
             if self.mode == "hedge":
                 self._observe(now - self.arrivals[qid])
 
@@ -586,9 +833,12 @@ class _Engine:
             # when the group will not fill before it fires (at equal times the
             # timer, scheduled first, would fire first).
             last = qid + self.k - 1
-            flush_at = now + self.cfg.flush_timeout_s
-            if last >= len(self.arrivals) or self.arrivals[last] >= flush_at:
-                self._after(self.cfg.flush_timeout_s, group, self._on_flush)
+            flush_s = self.cfg.flush_timeout_s
+            late = self.delays.get("flush")
+            if late is not None:
+                flush_s += late.at(now)
+            if last >= len(self.times) or self.times[last] >= now + flush_s:
+                self._after(flush_s, group, self._on_flush)
         self.qgroup[qid] = group
         self.qslot[qid] = len(group.members)
         group.members.append(qid)
@@ -618,23 +868,28 @@ class _Engine:
             return
         for slot in range(len(group.members), self.k):
             group.avail |= 1 << slot  # fill queries: outputs known
-        n_parity = len(self.alive["parity"])
-        alive, parity = self.alive_at["parity"], self.instances["parity"]
-        for j in range(self.r):
+        encode = self.delays.get("encode")
+        if encode is not None:
+            self._after(encode.at(now), group, self._on_encoded)
+        else:
+            self._send_parity(group, now)
+        self._try_decode(group, now)
+
+    def _on_encoded(self, event: Any) -> None:
+        self._send_parity(event._value, self.env._now)
+
+    def _send_parity(self, group: _Group, now: float) -> None:
+        parity, rr = self.instances["parity"], self.rr
+        for j, placement in enumerate(self.placement):
             # parity instance i runs parity model i % r; the least loaded one,
             # as the frontend does
             try:
-                i = least_loaded(
-                    (i for i in range(j, n_parity, self.r) if alive(i)),
-                    lambda i: len(parity[i].queue) + parity[i].busy,
-                    self.rr["parity"],
-                    n_parity,
-                )
+                i = placement.pick(rr["parity"])
             except BackendUnavailableError:
                 continue
-            self.rr["parity"] = i + 1 if i + 1 < n_parity else 0
+            rr["parity"] = i + 1 if i + 1 < len(parity) else 0
+            placement.move(i, 1)
             self._send(parity[i], (group, j), now)
-        self._try_decode(group, now)
 
     def _data_coded(self, qid: int, now: float) -> None:
         if not self._answer(qid, now):
@@ -665,7 +920,7 @@ class _Engine:
             for q in group.members:
                 if done[q] < 0:
                     done[q] = now
-                    self.recon[q] = 1
+                    self.recon[q] = _DECODED
                     self._withdraw(q, group.instances)
             self._drop(group)
 
@@ -754,7 +1009,7 @@ class _Engine:
         deadline = self.deadline[qid]
         if now >= deadline:
             self.done[qid] = now
-            self.recon[qid] = 1
+            self.recon[qid] = _BY_BACKUP
         elif deadline < math.inf:
             self._after(deadline - now, qid, self._on_backup_deadline)
 
@@ -762,7 +1017,7 @@ class _Engine:
         qid = event._value
         if self.done[qid] < 0:
             self.done[qid] = self.env._now
-            self.recon[qid] = 1
+            self.recon[qid] = _BY_BACKUP
 
     # -- results --------------------------------------------------------------
 
@@ -774,9 +1029,13 @@ class _Engine:
         # an answer after the query's deadline is a timeout, as in the frontend
         ok = (done >= 0) & (done - arrivals <= cfg.query_timeout_s) & counted
         latency_ms = (done[ok] - arrivals[ok]) * 1000 + cfg.overhead_ms
+        answer = self.delays.get("answer")
+        if answer is not None:
+            # after the fact: no event waits on the client seeing its answer
+            latency_ms += [answer.at(t) * 1000 for t in done[ok].tolist()]
         n = int(ok.sum())
-        recon = np.frombuffer(self.recon, dtype=np.uint8).astype(bool)
-        reconstructed = int((recon & ok).sum())
+        how = np.frombuffer(self.recon, dtype=np.uint8)[ok]
+        reconstructed = int((how == _DECODED).sum())
         p50, p99, p999, mean, peak = _percentiles(latency_ms)
         span = float(np.ptp(arrivals[counted])) if n > 1 else 0.0
         waits = None
@@ -801,6 +1060,8 @@ class _Engine:
             backup_instances=shape.backup_instances,
             reconstructed_fraction=reconstructed / n if n else 0.0,
             duplicates=self.counts["duplicates"],
+            by_copy=int((how == _BY_COPY).sum()),
+            backup_used=int((how == _BY_BACKUP).sum()),
             late_discarded=self.counts["late"],
             redispatched=self.counts["redispatched"],
             events=self.events,

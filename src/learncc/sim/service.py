@@ -329,3 +329,129 @@ def _positive(**values: float) -> None:
     for key, value in values.items():
         if not value > 0:
             raise ConfigError(f"service {key} must be > 0, got {value}")
+
+
+@dataclass(frozen=True)
+class Overheads:
+    """The real frontend's own delays, measured by ``learncc bench``
+    (``learncc.bench.run.OverheadProbe``) and replayed in the order they were
+    measured, cyclically, in place of one constant added to every latency.
+
+    Replaying in order keeps a stall of the real event loop together: the
+    queries it delayed were consecutive, and so are the simulated queries
+    that replay it. (Independent draws spread one 170 ms stall over queries
+    far apart, and as queries are taken in order, each such draw held up all
+    that followed: simulated medians came out 8x too high on a loaded
+    machine.) For a simulation of the measured run itself (``from_bench``:
+    same arrivals), query i replays query i's dispatch lag exactly; at other
+    rates or scales the sequences are a cyclic replay of one run's history.
+
+    - ``dispatch_ms``: scheduled arrival to the first send to a data
+      instance. Queries are handed to the simulated frontend in order at
+      ``max(previous, arrival + draw)``, as the real one takes them.
+    - ``result_ms``: added to every batch between the instance finishing and
+      the frontend seeing its outputs (the instance is free at once).
+    - ``encode_ms``: from sealing a full coding group to sending its parity
+      queries.
+    - ``flush_ms``: how late a flush-sealed group's parity goes out after
+      the flush timeout (the timer's lateness and encoding).
+    - ``answer_ms``: added to every answer: the frontend handling a result
+      (decoding included) and its event loop's lag before the client has it.
+
+    Result, encode, flush and answer delays that come with the times they
+    were measured at (``at_s``) are replayed by time: a simulated batch that
+    ends at t gets the delay last measured at or before t (modulo the
+    measured span), so a 40 ms stall of the real frontend delays the same
+    stretch of simulated queries. That is what set the real coded p99 on a
+    loaded machine. Without times they are consumed in simulated event
+    order. What they cannot carry: a stall's cause (the frontend's CPU) is not modelled,
+    so its length does not grow with a simulated load the run never had.
+    """
+
+    dispatch_ms: np.ndarray = field(repr=False)
+    result_ms: np.ndarray = field(repr=False)
+    encode_ms: np.ndarray = field(repr=False)
+    flush_ms: np.ndarray = field(repr=False)
+    answer_ms: np.ndarray = field(repr=False)
+    # the mode's own instances' service times, where measured with the
+    # delays: a loaded machine stretches the workers' 5 ms sleeps too
+    service: Measured | None = None
+    # when each result, encode, flush and answer delay was measured, s from
+    # the start (keys "<name>_at"); without them delays replay in sequence
+    at_s: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    NAMES = ("dispatch", "result", "encode", "flush", "answer")
+
+    def __post_init__(self) -> None:
+        for name in (f"{key}_ms" for key in self.NAMES):
+            values = getattr(self, name)
+            if len(values) and not (np.isfinite(values).all() and values.min() >= 0):
+                raise ConfigError(f"{name} must be finite and >= 0")
+
+    @classmethod
+    def from_samples(
+        cls, samples: dict[str, Any], service: Measured | None = None
+    ) -> Overheads:
+        """From a bench ``ModeResult.overheads_ms`` (``dispatch``, ``result``,
+        ``encode``, ``flush``, ``answer``: lists of ms; missing ones are
+        zero). Negative values (a query sent a little before its scheduled
+        time) count as 0."""
+        at_s = {
+            key: np.asarray(samples[f"{key}_at"], dtype=np.float64)
+            for key in cls.NAMES
+            if len(samples.get(f"{key}_at", [])) == len(samples.get(key, [])) > 0
+        }
+        ms = {
+            f"{key}_ms": np.maximum(
+                np.asarray(samples.get(key, []), dtype=np.float64), 0.0
+            )
+            for key in cls.NAMES
+        }
+        return cls(**ms, service=service, at_s=at_s)
+
+    def sequence_s(self, name: str, n: int) -> list[float]:
+        """The first ``n`` values of one delay's cyclic replay, in seconds
+        (zeros without samples)."""
+        pool = getattr(self, f"{name}_ms")
+        if not len(pool):
+            return [0.0] * n
+        return (np.resize(pool, n) / 1000).tolist()
+
+    def describe(self) -> dict[str, Any]:
+        """Sample counts, medians and p99s, for results.json."""
+        out: dict[str, Any] = {}
+        for name in (f"{key}_ms" for key in self.NAMES):
+            values = getattr(self, name)
+            out[name] = (
+                {
+                    "samples": len(values),
+                    "p50": float(np.percentile(values, 50)),
+                    "p99": float(np.percentile(values, 99)),
+                }
+                if len(values)
+                else {"samples": 0}
+            )
+        if self.service is not None:
+            out["service"] = self.service.describe()
+        return out
+
+
+def load_overheads(path: str | Path) -> dict[str, Overheads]:
+    """Per-mode frontend delays from JSON ``{"<mode>": {"dispatch": [ms, ...],
+    "result": [...], ...}}``: each mode's ``ModeResult.overheads_ms`` from
+    ``learncc.bench.run.run_comparison``.
+
+    Raises:
+        ConfigError: the file is missing or not of that shape.
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read frontend overheads {path}: {e}") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise ConfigError(
+            f"{path} must map mode -> {{'dispatch': [ms, ...], ...}}, "
+            f"got {type(raw).__name__}"
+        )
+    return {mode: Overheads.from_samples(samples) for mode, samples in raw.items()}

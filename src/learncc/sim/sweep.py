@@ -31,7 +31,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from learncc.errors import ConfigError  # noqa: E402
 from learncc.sim.engine import SimConfig, SimResult, simulate  # noqa: E402
-from learncc.sim.service import ServiceModel, parse_service  # noqa: E402
+from learncc.sim.service import (  # noqa: E402
+    Overheads,
+    ServiceModel,
+    load_overheads,
+    parse_service,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +106,14 @@ def make_config(settings: dict[str, Any]) -> SimConfig:
         )
     if "service" in values and not isinstance(values["service"], ServiceModel):
         values["service"] = parse_service(values["service"])
+    overheads = values.get("overheads")
+    if isinstance(overheads, str | Path):
+        values["overheads"] = load_overheads(overheads)
+    elif isinstance(overheads, dict):
+        values["overheads"] = {
+            mode: o if isinstance(o, Overheads) else Overheads.from_samples(o)
+            for mode, o in overheads.items()
+        }
     if "slowdown_overrides" in values:
         overrides = dict(values["slowdown_overrides"])
         if "fail_instances" in overrides:

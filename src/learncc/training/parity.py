@@ -11,6 +11,10 @@ Two losses:
   up to r data slots, decode, and score the rebuilt outputs against F's
   outputs (MSE, or KL divergence of the softmaxes) or the true labels
   (cross-entropy). Needed when the encoder or decoder has parameters.
+- ``tile-mse``: for a ``TileSum`` parity model (concatenation code), MSE
+  between its output on each tile and F's output on the image in that tile.
+  Its sum is what ``parity-mse`` scores, but each tile gets its own target,
+  so the gradient is not blurred by the other k - 1 tiles' errors.
 
 The best epoch by validation reconstruction top-1 is kept. With
 ``checkpoint_dir`` every epoch is saved; ``resume=True`` continues from it.
@@ -36,8 +40,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from learncc.codes import Decoder, Encoder, is_differentiable
+from learncc.codes.subtraction import SubtractionDecoder
 from learncc.data import Dataset
 from learncc.errors import ConfigError
+from learncc.models import Normalized, TileSum
 from learncc.training.augment import random_affine
 from learncc.training.base import TrainConfig, one_cycle
 from learncc.training.checkpoint import load_checkpoint, save_checkpoint
@@ -45,7 +51,7 @@ from learncc.training.evaluate import evaluate_code, make_groups
 
 logger = logging.getLogger(__name__)
 
-LOSSES = ("parity-mse", "decode-mse", "decode-kl", "decode-ce")
+LOSSES = ("parity-mse", "tile-mse", "decode-mse", "decode-kl", "decode-ce")
 
 
 def _random_erasures(groups: int, k: int, r: int, gen: torch.Generator) -> Tensor:
@@ -91,6 +97,24 @@ def code_loss(
     return F.cross_entropy(got, labels[erased])
 
 
+def _tile_sum(model: nn.Module) -> TileSum | None:
+    inner = model.model if isinstance(model, Normalized) else model
+    return inner if isinstance(inner, TileSum) else None
+
+
+def tile_outputs(model: nn.Module, query: Tensor) -> Tensor:
+    """A ``TileSum`` parity model's (possibly ``Normalized``) output on each
+    tile of parity queries ``query`` (B, *in): ``(B, k, out)``."""
+    tiled = _tile_sum(model)
+    if tiled is None:
+        raise ConfigError(
+            f"per-tile outputs need a tile-sum parity model, got {type(model).__name__}"
+        )
+    if isinstance(model, Normalized):
+        query = (query - model.mean) / model.std
+    return tiled.per_tile(query)
+
+
 def _has_trainable(module: nn.Module) -> bool:
     return any(p.requires_grad for p in module.parameters())
 
@@ -124,12 +148,27 @@ def check_trainable_code(
     learned = [
         n for n, m in (("encoder", encoder), ("decoder", decoder)) if _has_trainable(m)
     ]
-    if learned and loss == "parity-mse":
+    if learned and loss in ("parity-mse", "tile-mse"):
         raise ConfigError(
             f"the learned {' and '.join(learned)} cannot be trained with loss "
-            "parity-mse (it scores parity outputs only); use decode-mse, decode-kl "
+            f"{loss} (it scores parity outputs only); use decode-mse, decode-kl "
             "or decode-ce"
         )
+    if loss == "tile-mse":
+        for j, model in enumerate(parity_models):
+            tiled = _tile_sum(model)
+            if tiled is None or tiled.k != decoder.k:
+                raise ConfigError(
+                    f"loss tile-mse needs tile-sum parity models built for "
+                    f"k={decoder.k}; parity model {j} is {type(model).__name__}"
+                    + (f" for k={tiled.k}" if tiled is not None else "")
+                )
+        if not isinstance(decoder, SubtractionDecoder):
+            raise ConfigError(
+                "loss tile-mse trains a parity model to output the sum of F's "
+                "outputs; it needs the subtraction decoder, got "
+                f"{type(decoder).__name__}"
+            )
     for j, model in enumerate(parity_models):
         if is_differentiable(model):
             continue
@@ -248,11 +287,16 @@ def train_parity(
 
             # encode the coding group and run parity model j on parity query j
             queries = encoder(xb.view(len(g), k, *xb.shape[1:]))  # (G, r, *in)
-            p_out = torch.stack(
-                [m(queries[:, j]) for j, m in enumerate(trained["parity"])], dim=1
-            )  # (G, r, out)
-
-            batch_loss = code_loss(loss, decoder, f_out, p_out, y[g], gen)
+            if loss == "tile-mse":
+                # r = 1 (subtraction): tile i of the parity query holds x_i
+                per_tile = tile_outputs(trained["parity"][0], queries[:, 0])
+                batch_loss = F.mse_loss(per_tile, f_out)  # (G, k, out) both
+            else:
+                p_out = torch.stack(
+                    [m(queries[:, j]) for j, m in enumerate(trained["parity"])],
+                    dim=1,
+                )  # (G, r, out)
+                batch_loss = code_loss(loss, decoder, f_out, p_out, y[g], gen)
             optimizer.zero_grad(set_to_none=True)
             batch_loss.backward()
             optimizer.step()

@@ -12,6 +12,10 @@ unknown route / model                          404
 body over ``max_body_bytes``                   413
 wrong content type                             415
 malformed body, shape, dtype, NaN/inf          400
+an input beyond +-``max_abs_input``             400
+body not complete within ``body_timeout_s``    408
+F's output (or a reconstruction) not finite    422
+client gone before its body arrived            499 (never delivered, DEBUG log)
 ``OverloadedError`` or the server is draining  503 + Retry-After
 no live instance, frontend closed              503
 ``QueryTimeoutError``                          504
@@ -39,6 +43,7 @@ from learncc.errors import (
     BadQueryError,
     ConfigError,
     FrontendClosedError,
+    NonFiniteOutputError,
     OverloadedError,
     QueryTimeoutError,
 )
@@ -49,6 +54,10 @@ from learncc.serving.metrics import CONTENT_TYPE, ServingMetrics
 logger = logging.getLogger(__name__)
 
 MAX_BATCH_INPUTS = 1024
+# Inputs are pixels or standardized features, so |x| beyond a million is a
+# client bug; values near float32's limit overflow F's output to inf/NaN.
+DEFAULT_MAX_ABS_INPUT = 1e6
+DEFAULT_BODY_TIMEOUT_S = 30.0
 # The one path a load balancer or orchestrator may probe without the token.
 PUBLIC_PATHS = frozenset({"/v2/health/live"})
 
@@ -76,6 +85,8 @@ class HttpSettings:
     max_batch: int = MAX_BATCH_INPUTS
     default_deadline_s: float | None = None
     retry_after_s: int = 1
+    max_abs_input: float = DEFAULT_MAX_ABS_INPUT
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if not self.model_name or "/" in self.model_name:
@@ -97,6 +108,15 @@ class HttpSettings:
             )
         if self.retry_after_s < 0:
             raise ConfigError(f"retry_after_s must be >= 0, got {self.retry_after_s}")
+        # inf is allowed for both: no bound, no timeout
+        if not self.max_abs_input > 0:
+            raise ConfigError(
+                f"max_abs_input must be > 0 (or inf), got {self.max_abs_input}"
+            )
+        if not self.body_timeout_s > 0:
+            raise ConfigError(
+                f"body_timeout_s must be > 0 (inf for none), got {self.body_timeout_s}"
+            )
 
 
 class Service:
@@ -106,8 +126,62 @@ class Service:
         self, frontend: Frontend, settings: HttpSettings, metrics: ServingMetrics
     ) -> None:
         self.frontend, self.settings, self.metrics = frontend, settings, metrics
-        # set by HttpServer.shutdown: new queries get 503 while in-flight ones finish
-        self.draining = False
+        self._draining = False
+        # timeouts of bodies being read now, cut short when draining starts
+        self._reading: set[asyncio.Timeout] = set()
+
+    @property
+    def draining(self) -> bool:
+        """Set by ``HttpServer.shutdown``: new queries get 503 while in-flight
+        ones finish, and requests still sending their body get 503 at once
+        (they were never admitted, so nothing of theirs is lost)."""
+        return self._draining
+
+    @draining.setter
+    def draining(self, value: bool) -> None:
+        self._draining = value
+        if value and self._reading:
+            now = asyncio.get_running_loop().time()
+            for timeout in self._reading:
+                timeout.reschedule(now)
+
+    async def read_slow_body(self, request: web.Request) -> bytes:
+        """Read a body that has not fully arrived, within ``body_timeout_s``.
+
+        Raises:
+            HttpError: 408 when the body is still incomplete at the timeout,
+                503 when draining starts first.
+        """
+        timeout_s = self.settings.body_timeout_s
+        try:
+            async with asyncio.timeout(
+                None if math.isinf(timeout_s) else timeout_s
+            ) as timeout:
+                self._reading.add(timeout)
+                if self._draining:
+                    timeout.reschedule(asyncio.get_running_loop().time())
+                try:
+                    return await request.read()
+                finally:
+                    self._reading.discard(timeout)
+        except TimeoutError:
+            if self._draining:
+                raise self.shutting_down() from None
+            logger.debug("request body incomplete after %g s: 408", timeout_s)
+            # close the connection: the rest of the body may still come
+            raise HttpError(
+                408,
+                f"the request body did not arrive within {timeout_s:g} s "
+                "(body_timeout_s); send the whole body at once",
+                {"Connection": "close"},
+            ) from None
+
+    def shutting_down(self) -> HttpError:
+        return HttpError(
+            503,
+            "the server is shutting down; retry on another replica",
+            {"Retry-After": str(self.settings.retry_after_s)},
+        )
 
     def not_ready_reason(self) -> str | None:
         """Why the server cannot serve a query now, or None if it can."""
@@ -131,12 +205,8 @@ class Service:
             QueryTimeoutError, BackendUnavailableError, FrontendClosedError:
                 the first failure among the batch's queries.
         """
-        if self.draining:
-            raise HttpError(
-                503,
-                "the server is shutting down; retry on another replica",
-                {"Retry-After": str(self.settings.retry_after_s)},
-            )
+        if self._draining:
+            raise self.shutting_down()
         if deadline_s is None:
             deadline_s = self.settings.default_deadline_s
         # admit a batch whole or not at all: a batch refused half-way would
@@ -162,12 +232,20 @@ class Service:
                 future.add_done_callback(_retrieve)
             raise
         if len(futures) == 1:
-            return [await futures[0]]  # the common case, without gather's bookkeeping
-        outcomes = await asyncio.gather(*futures, return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        return outcomes  # type: ignore[return-value]
+            # the common case, without gather's bookkeeping
+            answers = [await futures[0]]
+        else:
+            outcomes = await asyncio.gather(*futures, return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            answers = outcomes  # type: ignore[assignment]
+        for i, answer in enumerate(answers):
+            # JSON would carry NaN as null; a reconstruction can overflow even
+            # where the instances refused non-finite outputs of their own
+            if not np.isfinite(answer.output).all():
+                raise HttpError(422, _non_finite_answer(i, answer.reconstructed))
+        return answers
 
     def deadline_from(self, value: Any, *, name: str, scale_s: float) -> float | None:
         """Parse a per-request deadline given in units of ``scale_s`` seconds.
@@ -187,6 +265,31 @@ class Service:
         if not (math.isfinite(value) and value > 0):
             raise HttpError(400, f"{name} must be a finite number > 0, got {value!r}")
         return float(value) * scale_s
+
+
+def _non_finite_answer(index: int, reconstructed: bool) -> str:
+    how = "its reconstruction" if reconstructed else "the model's output"
+    return (
+        f"{how} for input {index} holds NaN or infinity: the input is outside "
+        "what the model can compute; send inputs in the range it was trained on"
+    )
+
+
+def check_input_range(x: np.ndarray, max_abs: float, what: str = "input") -> None:
+    """Refuse NaN, infinity and values beyond +-``max_abs``.
+
+    Raises:
+        BadQueryError: naming the bound, or the non-finite value.
+    """
+    with np.errstate(invalid="ignore"):
+        if (np.abs(x) <= max_abs).all():  # False for NaN as well
+            return
+    if not np.isfinite(x).all():
+        raise BadQueryError(f"{what} holds NaN or infinity")
+    raise BadQueryError(
+        f"{what} holds values beyond +-{max_abs:g} (the server's max_abs_input); "
+        "send inputs in the range the model was trained on"
+    )
 
 
 class _Timer:
@@ -234,17 +337,30 @@ async def read_body(request: web.Request) -> bytes:
     """The whole request body, at most ``max_body_bytes``.
 
     Raises:
-        HttpError: 413 over the limit, 400 when empty.
+        HttpError: 413 over the limit, 400 when empty, 408 when the body does
+            not arrive within ``body_timeout_s``, 503 when the server starts
+            draining while it is read, 499 (for the metrics only: nobody
+            reads it) when the client disconnects mid-body.
     """
-    limit = request.app[SERVICE].settings.max_body_bytes
+    service = request.app[SERVICE]
+    limit = service.settings.max_body_bytes
     too_large = HttpError(413, f"body exceeds the {limit}-byte limit (max_body_bytes)")
     # refuse on the declared length before reading anything
     if request.content_length is not None and request.content_length > limit:
         raise too_large
     try:
-        body = await request.read()
+        if request.content.is_eof():
+            body = await request.read()  # it came with the headers: no wait
+        else:
+            body = await service.read_slow_body(request)
     except web.HTTPRequestEntityTooLarge:
         raise too_large from None
+    except ConnectionResetError:
+        # the client's choice, not a server fault: no ERROR, no traceback
+        logger.debug("client disconnected mid-body on %s", request.path)
+        raise HttpError(
+            499, "the client disconnected before sending its body"
+        ) from None
     if not body:
         raise HttpError(400, "empty body; send a JSON request")
     return body
@@ -294,6 +410,9 @@ def _error_for(e: Exception, request: web.Request, service: Service) -> web.Resp
         return error_response(503, str(e), retry)
     if isinstance(e, QueryTimeoutError):
         return error_response(504, str(e))
+    if isinstance(e, NonFiniteOutputError):
+        # the instance refused F's output for this input: retrying cannot help
+        return error_response(422, str(e))
     if isinstance(e, (BackendUnavailableError, FrontendClosedError)):
         return error_response(503, str(e), retry)
     raise e
@@ -341,14 +460,16 @@ def _answer_json(answer: Answer) -> dict[str, Any]:
     }
 
 
-def parse_input(value: Any, frontend: Frontend) -> np.ndarray:
+def parse_input(
+    value: Any, frontend: Frontend, *, max_abs: float = DEFAULT_MAX_ABS_INPUT
+) -> np.ndarray:
     """Turn a JSON value into a checked query array.
 
     A flat list of the input's size is reshaped to the input shape.
 
     Raises:
         BadQueryError: not a rectangular numeric array of the input shape, or
-            it holds NaN or infinity.
+            it holds NaN, infinity or values beyond +-``max_abs``.
     """
     if isinstance(value, (str, bytes, dict, bool)) or value is None:
         raise BadQueryError(
@@ -363,6 +484,7 @@ def parse_input(value: Any, frontend: Frontend) -> np.ndarray:
         ) from None
     if x.ndim == 1 and x.size == math.prod(frontend.input_shape):
         x = x.reshape(frontend.input_shape)
+    check_input_range(x, max_abs, "'input'")
     return frontend.check_input(x)
 
 
@@ -404,8 +526,9 @@ async def infer(request: web.Request) -> web.Response:
         raise HttpError(400, f"malformed JSON: {e}") from None
     if not isinstance(doc, dict) or ("input" in doc) == ("inputs" in doc):
         raise HttpError(400, "send an object with exactly one of 'input' or 'inputs'")
+    max_abs = service.settings.max_abs_input
     if "input" in doc:
-        queries = [parse_input(doc["input"], service.frontend)]
+        queries = [parse_input(doc["input"], service.frontend, max_abs=max_abs)]
     else:
         inputs = doc["inputs"]
         if not isinstance(inputs, list) or not inputs:
@@ -414,7 +537,7 @@ async def infer(request: web.Request) -> web.Response:
             raise HttpError(
                 400, f"at most {service.settings.max_batch} inputs per request"
             )
-        queries = [parse_input(v, service.frontend) for v in inputs]
+        queries = [parse_input(v, service.frontend, max_abs=max_abs) for v in inputs]
     answers = [_answer_json(a) for a in await service.run(queries, deadline_s)]
     return json_response(answers[0] if "input" in doc else {"answers": answers})
 
@@ -435,6 +558,8 @@ def make_app(
     max_batch: int = MAX_BATCH_INPUTS,
     default_deadline_s: float | None = None,
     retry_after_s: int = 1,
+    max_abs_input: float = DEFAULT_MAX_ABS_INPUT,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
     metrics: ServingMetrics | None = None,
 ) -> web.Application:
     """The aiohttp application; the caller owns the frontend's lifecycle.
@@ -452,6 +577,11 @@ def make_app(
         default_deadline_s: deadline given to queries whose request names
             none; ``None`` leaves them to the frontend's ``query_timeout_s``.
         retry_after_s: the ``Retry-After`` header on 503 answers.
+        max_abs_input: inputs with a value beyond +-this get 400: near
+            float32's limit F's outputs overflow to inf/NaN; ``math.inf``
+            lifts the bound (NaN and infinity are refused regardless).
+        body_timeout_s: a request body still incomplete this long after its
+            headers gets 408, so a stalled client cannot hold a handler.
         metrics: where to record; by default a fresh ``ServingMetrics``.
 
     Raises:
@@ -468,6 +598,8 @@ def make_app(
         max_batch=max_batch,
         default_deadline_s=default_deadline_s,
         retry_after_s=retry_after_s,
+        max_abs_input=max_abs_input,
+        body_timeout_s=body_timeout_s,
     )
     # client_max_size is the backstop for bodies without Content-Length
     app = web.Application(client_max_size=max_body_bytes, middlewares=[guard])

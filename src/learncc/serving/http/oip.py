@@ -16,7 +16,8 @@ dimension first. Each batch item becomes one frontend query; all are submitted
 at once and the response waits for every answer. Accepted datatypes: FP32, and
 FP16, FP64 and (U)INT8-64, which are converted to float32; integers beyond
 +-2**24 (not exact in float32) and FP64 values beyond float32's range are
-refused, as are BOOL, BYTES and BF16.
+refused, as are BOOL, BYTES and BF16, and values beyond +-``max_abs_input``
+(1e6 by default; see ``make_app``), which would overflow F's outputs.
 
 Outputs, each with batch dimension first:
 
@@ -65,6 +66,7 @@ from learncc.serving.http.app import (
     SERVICE,
     HttpError,
     Service,
+    check_input_range,
     json_response,
     read_body,
 )
@@ -337,7 +339,9 @@ def _decode_input(
         array, used = _from_json_data(spec["data"], datatype, shape), 0
     else:
         raise HttpError(400, "input has no 'data' and no binary_data_size parameter")
-    return _to_float32(array, datatype), used
+    converted = _to_float32(array, datatype)
+    check_input_range(converted, service.settings.max_abs_input, f"{datatype} input")
+    return converted, used
 
 
 def _requested_outputs(
@@ -378,6 +382,7 @@ def decode_request(
 
     Raises:
         HttpError: 400 naming the first problem found.
+        BadQueryError: the input holds values beyond +-``max_abs_input``.
     """
     json_part, binary = _split_body(body, header_length)
     try:

@@ -34,8 +34,10 @@ def _errors(*codes: int) -> dict[str, Any]:
         400: "malformed request: the message names the problem",
         401: "missing or wrong bearer token",
         404: "unknown model or version",
+        408: "the body did not arrive within the server's body timeout",
         413: "body over the size limit",
         415: "wrong content type",
+        422: "the model's output for an input is not finite (NaN or infinity)",
         503: "overloaded, draining, or no live instance (see Retry-After)",
         504: "no answer before the deadline",
     }
@@ -266,7 +268,7 @@ def document(settings: HttpSettings, input_shape: tuple[int, ...]) -> dict[str, 
                 },
                 "responses": {
                     "200": infer_ok,
-                    **_errors(400, 404, 413, 415, 503, 504, *auth),
+                    **_errors(400, 404, 408, 413, 415, 422, 503, 504, *auth),
                 },
             }
         },
@@ -291,7 +293,7 @@ def document(settings: HttpSettings, input_shape: tuple[int, ...]) -> dict[str, 
                 },
                 "responses": {
                     "200": _json(plain_response, "the answer, or one per input"),
-                    **_errors(400, 413, 415, 503, 504, *auth),
+                    **_errors(400, 408, 413, 415, 422, 503, 504, *auth),
                 },
             }
         },
