@@ -47,6 +47,12 @@ def test_round_trip_gives_identical_outputs(
         "overall_top1_at_f0.05",
     ):
         assert 0 <= a.manifest["metrics"][key] <= 1
+    # the bound serving holds reconstructions to: F's largest |output| on the
+    # training inputs, which the test inputs' outputs approach but rarely pass
+    with torch.no_grad():
+        test_max = float(a.base(x).abs().max())
+    assert a.output_abs_max == b.output_abs_max
+    assert 0.5 * test_max < a.output_abs_max < 4 * test_max
 
 
 def test_bundle_holds_no_pickle(digits_bundle: Path) -> None:
@@ -89,6 +95,10 @@ def test_bundle_holds_no_pickle(digits_bundle: Path) -> None:
             "base model weights do not fit",
         ),
         (lambda p: _edit(p, lambda m: m.pop("code")), "lacks the entry 'code'"),
+        (
+            lambda p: _edit(p, lambda m: m.update(output_abs_max=-1)),
+            r"manifest field output_abs_max must be a finite number > 0, got -1",
+        ),
         # edited numbers (fresh-user test): refused before any model is built
         (
             lambda p: _edit(p, lambda m: m["base"]["normalization"].update(std=0)),

@@ -80,6 +80,35 @@ async def test_straggler_is_reconstructed_exactly_and_flagged() -> None:
     assert (stats.accepted, stats.answered, stats.reconstructed) == (2, 2, 1)
 
 
+@pytest.mark.parametrize(("limit", "rebuilt"), [(1e6, True), (10.0, False)])
+async def test_reconstruction_beyond_fs_range_is_withheld(
+    limit: float, rebuilt: bool
+) -> None:
+    # the straggler's input is 100x the usual scale, so its outputs reach
+    # hundreds: under a bound of 10 its reconstruction is withheld and the
+    # query waits for its original (0.2 s) instead
+    enc, dec = make_code(CodeConfig(k=K, r=1, encoder="addition"), (IN,))
+    fill = np.full(IN, 0.5, np.float32)
+    backend = FakeBackend(
+        W,
+        data_instances=4,
+        parity_instances=2,
+        delay_s=lambda role, i, tag: 0.2 if (role, tag) == ("data", 1) else 0.001,
+    )
+    frontend = Frontend(
+        backend, input_shape=(IN,), coding=Coding(enc, dec, fill, W @ fill, limit)
+    )
+    x0, x1 = queries(2)
+    x1 = x1 * 100
+    assert np.abs(W @ x1).max() > 10.0
+    async with frontend:
+        a0, a1 = await asyncio.gather(frontend.infer(x0), frontend.infer(x1))
+    assert not a0.reconstructed and a1.reconstructed == rebuilt
+    np.testing.assert_allclose(a1.output, W @ x1, rtol=1e-4, atol=1e-3)
+    stats = frontend.statistics()
+    assert (stats.reconstructed, stats.implausible) == (int(rebuilt), int(not rebuilt))
+
+
 async def test_late_original_is_withdrawn_after_reconstruction() -> None:
     frontend, backend = make(
         lambda role, i, tag: 0.05 if (role, tag) == ("data", 0) else 0.001

@@ -13,7 +13,7 @@ import torch
 
 from learncc.bundle import load_bundle
 from learncc.data import load_dataset
-from learncc.errors import BundleError
+from learncc.errors import BundleError, ConfigError
 from learncc.serving import DATA, deployment
 from learncc.serving.slowdown import SlowdownConfig, instance_schedule
 
@@ -118,3 +118,9 @@ async def test_instance_that_cannot_load_fails_start_with_its_message(
 def test_missing_bundle_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match="no coded model bundle at"):
         deployment(tmp_path, "coded", m=2)
+
+
+def test_cheap_mode_on_ray_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    # refused before the bundle is even read: the path need not exist
+    with pytest.raises(ConfigError, match="mode cheap runs on the local backend only"):
+        deployment(tmp_path / "nowhere", "cheap", m=2, backend="ray")

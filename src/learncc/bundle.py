@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
@@ -89,6 +90,24 @@ class Bundle:
     @property
     def output_shape(self) -> tuple[int, ...]:
         return tuple(self.fill_output.shape)
+
+    @property
+    def output_abs_max(self) -> float | None:
+        """The largest |F(x)| over the training inputs, recorded at training
+        time (None in bundles written before it was recorded)."""
+        bound = self.manifest.get("output_abs_max")
+        return None if bound is None else float(bound)
+
+
+def output_abs_max(base: nn.Module, x: np.ndarray, batch: int = 512) -> float:
+    """The largest |F(x)| over inputs ``x`` (N, *in): what serving compares
+    reconstructions with (``learncc.serving.deploy.RECONSTRUCTION_SLACK``)."""
+    largest = 0.0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            out = base(torch.from_numpy(np.asarray(x[i : i + batch], np.float32)))
+            largest = max(largest, float(out.abs().max()))
+    return largest
 
 
 def model_spec(
@@ -265,6 +284,18 @@ def _check_manifest(manifest: dict[str, Any]) -> CodeConfig:
             f"manifest field parity.count is {count!r} but code.r is {code.r}: "
             "there is one parity model per parity query"
         )
+    if "output_abs_max" in manifest:
+        bound = manifest["output_abs_max"]
+        if not (
+            isinstance(bound, (int, float))
+            and not isinstance(bound, bool)
+            and math.isfinite(bound)
+            and bound > 0
+        ):
+            raise BundleError(
+                f"manifest field output_abs_max must be a finite number > 0, "
+                f"got {bound!r}"
+            )
     return code
 
 

@@ -70,12 +70,22 @@ def plan(mode: str, *, m: int, k: int, r: int) -> Deployment:
     return Deployment(mode, m, parity)
 
 
+# A reconstruction may exceed F's largest |output| on the training inputs by
+# this factor before the frontend withholds it. Held-out inputs and a parity
+# model's error go somewhat beyond that range; a partner poisoned by an input
+# at 1e4 goes beyond it by orders of magnitude (hundreds to 1e4 against ~20
+# for the MNIST MLP), so the factor is loose on purpose.
+RECONSTRUCTION_SLACK = 4.0
+
+
 def coding_from_bundle(bundle: Bundle) -> Coding:
+    bound = bundle.output_abs_max
     return Coding(
         encoder=bundle.encoder,
         decoder=bundle.decoder,
         fill_input=bundle.fill_input.numpy(),
         fill_output=bundle.fill_output.numpy(),
+        max_abs_output=None if bound is None else RECONSTRUCTION_SLACK * bound,
     )
 
 

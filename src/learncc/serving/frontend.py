@@ -94,6 +94,7 @@ class Statistics:
     hedged: int
     late_discarded: int
     redispatched: int
+    implausible: int  # reconstructions withheld as out of F's range
     pending: int
     queued: int
     groups_open: int
@@ -107,6 +108,9 @@ class Coding:
     decoder: Decoder
     fill_input: np.ndarray  # (*in)
     fill_output: np.ndarray  # (*out)
+    # A reconstruction with a value beyond this is withheld (the query waits
+    # for its original): None trusts every reconstruction. See _try_decode.
+    max_abs_output: float | None = None
 
 
 # slots: these are made per query or per group on the hot path (issue 3)
@@ -295,6 +299,7 @@ class Frontend:
                 "hedged",
                 "late_discarded",
                 "redispatched",
+                "implausible",
             ),
             0,
         )
@@ -806,6 +811,20 @@ class Frontend:
             [None if p is None else p.reshape(shape) for p in group.parity],
         )  # slot -> (*out)
         waiting = [q for q in group.members if q.qid in self._pending]
+        limit = self.coding.max_abs_output
+        if limit is not None and not all(
+            float(np.abs(rebuilt[q.slot]).max()) <= limit for q in waiting
+        ):
+            # A member far outside F's range (one client's input at 1e4 while
+            # F's outputs on training data stay within tens, found by a
+            # fresh-user test) drags the parity output with it, and the
+            # subtraction hands its partner a rebuilt answer at that scale.
+            # Withhold the group's reconstructions: its members wait for their
+            # originals, their deadline or the query timeout, as if the
+            # parity had never come. NaN fails the comparison too.
+            self._counts["implausible"] += 1
+            self._drop_group(group)
+            return
         for query in waiting:
             self._counts["reconstructed"] += 1
             self._answer(query, Answer(rebuilt[query.slot], True, query.qid))

@@ -38,7 +38,13 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from learncc.bundle import Bundle, build_from_spec, model_spec, save_bundle
+from learncc.bundle import (
+    Bundle,
+    build_from_spec,
+    model_spec,
+    output_abs_max,
+    save_bundle,
+)
 from learncc.codes import CodeConfig, Decoder, Encoder, make_code
 from learncc.data import Dataset, Split
 from learncc.errors import ConfigError
@@ -461,6 +467,7 @@ def train_blackbox_bundle(
                 "parity_s": parity_s,
             },
             "metrics": {**metrics, "parity_train": parity_metrics},
+            "output_abs_max": output_abs_max(f, data.train.x),
         },
         base=f,
         parity=parity,

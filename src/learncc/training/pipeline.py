@@ -9,7 +9,13 @@ from typing import Any
 
 import torch
 
-from learncc.bundle import Bundle, build_from_spec, model_spec, save_bundle
+from learncc.bundle import (
+    Bundle,
+    build_from_spec,
+    model_spec,
+    output_abs_max,
+    save_bundle,
+)
 from learncc.codes import CodeConfig, make_code
 from learncc.data import Dataset
 from learncc.errors import ConfigError
@@ -181,6 +187,7 @@ def train_bundle(
                 "parity_train": parity_metrics,
             },
             **({"backup": backup_spec} if backup_spec is not None else {}),
+            "output_abs_max": output_abs_max(base, data.train.x),
         },
         base=base,
         parity=parity,
