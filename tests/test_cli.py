@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -104,6 +105,28 @@ def test_user_errors_are_one_line_without_traceback(
         (
             ["bench", "/nonexistent", "--config", str(CONFIGS / "k_sweep.toml")],
             "sweeps k, which needs one bundle per k ([sweep] bundles); drop the BUNDLE",
+        ),
+        # fresh-user test: refused only after training F (37 s)
+        (
+            ["train", "--out", "/nonexistent", "--model", "lenet5"]
+            + ["--parity-model", "tile-sum"],
+            "the tile-sum parity model starts from an MLP F (--model mlp), "
+            "got 'lenet5'",
+        ),
+        # fresh-user test: crashed in plotting, ran silently, ran as "none"
+        (
+            ["simulate", "--overhead-ms", "nan", "--out", "/nonexistent"],
+            "overhead_ms must be a finite number >= 0, got nan",
+        ),
+        (
+            ["simulate", "--k", "", "--out", "/nonexistent"],
+            "--k takes numbers separated by commas, got ''",
+        ),
+        (
+            ["simulate", "--slowdown", "network", "--out", "/nonexistent"],
+            "slowdown 'network' is not simulated (its net_delay_ms, net_mbps act on "
+            "real sockets and cores); choose one of none, episodes, heavy, jitter, "
+            "fail-one, crash-one",
         ),
     ],
 )
@@ -241,3 +264,58 @@ def test_demo_quick_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "latency_cdf.png").exists()
     assert (tmp_path / "bundle" / "manifest.json").exists()
     assert "degraded-mode accuracy" in proc.stdout and "p99.9 ms" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("overheads", "match"),
+    [
+        (
+            {"coded": {"dispatch": [-5, "x"]}},
+            "coded.dispatch must be a list of finite numbers >= -1, got [-5, 'x']",
+        ),
+        (
+            {"coded": {"answer": [1.0, -0.5]}},
+            "coded.answer must be a list of finite numbers >= 0, got [1.0, -0.5]",
+        ),
+        ({"equal": {"result": 3}}, "equal.result must be a list of finite numbers"),
+        (
+            {"coded": 5},
+            "mode 'coded' must map delay name -> [ms, ...] (dispatch, result, "
+            "encode, flush, answer), got int",
+        ),
+    ],
+)
+def test_simulate_refuses_bad_overheads_naming_mode_and_delay(
+    tmp_path: Path, overheads: dict, match: str
+) -> None:
+    path = tmp_path / "overheads.json"
+    path.write_text(json.dumps(overheads))
+    result = invoke("simulate", "--overheads", str(path), "--out", str(tmp_path))
+    assert isinstance(result.exception, LearnccError), result.output
+    assert f"{path}: {match}" in str(result.exception)
+
+
+def test_eval_refuses_a_manifest_seed_that_is_not_an_integer(
+    digits_bundle: Path, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(digits_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["data"]["seed"] = "x"
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    result = invoke("eval", str(bundle))
+    assert isinstance(result.exception, LearnccError), result.output
+    assert str(result.exception) == (
+        f"{bundle / 'manifest.json'}: data.seed must be an integer, got 'x'"
+    )
+
+
+def test_train_help_lists_every_registered_dataset() -> None:
+    from learncc.data.base import dataset_names
+
+    result = invoke("train", "--help")
+    assert result.exit_code == 0
+    # rich wraps the help; compare without line breaks and box edges
+    text = re.sub(r"[\s│]+", " ", result.output)
+    for name in ("breast-cancer", "wine", *dataset_names()):
+        assert f"{name}," in text or f"{name} (" in text, name

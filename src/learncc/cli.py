@@ -229,14 +229,25 @@ def demo(
     )
 
 
+def _datasets_help() -> str:
+    from learncc.data.base import dataset_names
+
+    return (
+        f"{', '.join(dataset_names())} (classification only: a regression set "
+        "is refused)."
+    )
+
+
+# from the registry, so that the list cannot drift from what loads
+_DATASETS_HELP = _datasets_help()
+
+
 @app.command()
 def train(
     out: Annotated[Path, typer.Option(help="Bundle directory to write.")],
     dataset: Annotated[
         str,
-        typer.Option(
-            help="mnist5k, digits, mnist, fashion-mnist, cifar10, cifar100, folder."
-        ),
+        typer.Option(help=_DATASETS_HELP),
     ] = "mnist5k",
     data_dir: Annotated[
         Path | None, typer.Option(help="Where file-based datasets live.")
@@ -280,6 +291,12 @@ def train(
     from learncc.training.pipeline import train_bundle
 
     _setup_logging(quiet)
+    if parity_model == "tile-sum" and model != "mlp":
+        # train_bundle finds this only after training F; say it before
+        raise ConfigError(
+            "the tile-sum parity model starts from an MLP F (--model mlp), "
+            f"got {model!r}"
+        )
     data = load_dataset(dataset, data_dir=data_dir, seed=seed)
     if data.num_classes < 1:
         raise ConfigError(
@@ -331,7 +348,13 @@ def evaluate(
     _setup_logging(quiet)
     b = load_bundle(bundle)
     spec = b.manifest["data"]
-    data = load_dataset(spec["name"], data_dir=data_dir, seed=int(spec["seed"]))
+    seed = spec.get("seed")
+    # bool is an int subclass, but a manifest seed of true is a mistake
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(
+            f"{bundle / 'manifest.json'}: data.seed must be an integer, got {seed!r}"
+        )
+    data = load_dataset(spec["name"], data_dir=data_dir, seed=seed)
     metrics = evaluate_code(
         b.base, b.parity, b.encoder, b.decoder, data.test, rounds=rounds
     )
@@ -371,7 +394,14 @@ def bench(
             "fail-one, crash-one."
         ),
     ] = "episodes",
-    m: Annotated[int, typer.Option(help="Data instances of the coded deployment.")] = 4,
+    m: Annotated[
+        int,
+        typer.Option(
+            help="Data instances of the coded deployment, any m >= k (a group's "
+            "k queries go to distinct instances picked per query, so m need not "
+            "be a multiple of k)."
+        ),
+    ] = 4,
     service_ms: Annotated[
         float,
         typer.Option(help="Least service time of one batch (emulates a larger model)."),
@@ -781,7 +811,10 @@ def codes_table(
     ] = Path("runs/codes"),
     quick: Annotated[
         bool,
-        typer.Option(help="CI smoke run: k in {2,3}, 1-3 epochs (under a minute)."),
+        typer.Option(
+            help="Smoke run: k in {2,3}, 1-3 epochs (about two minutes on a "
+            "loaded 2-core CPU)."
+        ),
     ] = False,
     codes: Annotated[
         str | None, typer.Option(help="Only these codes, e.g. berrut,concat-tiled.")
@@ -830,7 +863,9 @@ def codes_table(
 
     def on_stage(msg: str) -> None:
         if not quiet:
-            console.print(f"[bold]{msg}[/] ({time.perf_counter() - started:.0f} s)")
+            console.print(
+                f"[bold]{msg}[/] ({time.perf_counter() - started:.0f} s elapsed)"
+            )
 
     def on_row(done: int, total: int, row: dict[str, Any]) -> None:
         if not quiet:
@@ -866,7 +901,7 @@ def codes_table(
         )
     console.print(
         f"wrote {out / 'results.json'}, {out / 'timing.json'}, {plot} "
-        f"({time.perf_counter() - started:.0f} s)"
+        f"({time.perf_counter() - started:.0f} s in all)"
     )
 
 
@@ -876,6 +911,15 @@ def main() -> None:
     except LearnccError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        # 128 + SIGINT, as a shell reports a process ended by Ctrl-C
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit as e:
+        # typer turns Ctrl-C into a silent exit 130; nothing else here exits 130
+        if e.code == 130:
+            print("interrupted", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

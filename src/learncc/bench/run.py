@@ -318,7 +318,7 @@ def _test_inputs(bundle: Any) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         data = load_dataset(spec["name"], seed=int(spec["seed"]), download=False)
         return data.test.x, data.test.y
-    except (KeyError, LearnccError):
+    except (KeyError, TypeError, ValueError, LearnccError):
         rng = np.random.default_rng(0)
         return rng.random((256, *bundle.input_shape), dtype=np.float32), None
 

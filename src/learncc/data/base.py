@@ -66,6 +66,14 @@ def register(name: str) -> Callable[[Loader], Loader]:
     return wrap
 
 
+def dataset_names() -> list[str]:
+    """Every registered dataset name, in registration order."""
+    # Importing the loader modules registers them.
+    from learncc.data import cifar, embedded, folder, idx, tabular  # noqa: F401
+
+    return list(_LOADERS)
+
+
 def split_pool(
     name: str,
     x: np.ndarray,

@@ -245,8 +245,12 @@ class LocalBackend:
         starts = [
             self._spawn(role, i) for role, n in self.counts.items() for i in range(n)
         ]
+        gathered = asyncio.gather(*starts)
+        # Cancelled (Ctrl-C during start-up), wait_for leaves the gather's
+        # CancelledError unretrieved and asyncio logs it with a traceback.
+        gathered.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            await asyncio.wait_for(asyncio.gather(*starts), self.start_timeout_s)
+            await asyncio.wait_for(gathered, self.start_timeout_s)
         except (TimeoutError, BackendUnavailableError) as e:
             await self.close()
             if isinstance(e, BackendUnavailableError):

@@ -20,11 +20,12 @@ from learncc.errors import ConfigError
 
 def _numbers(value: str, cast: type, option: str) -> list[Any]:
     try:
-        return [cast(v) for v in value.split(",") if v.strip()]
+        values = [cast(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(
-            f"{option} takes numbers separated by commas, got {value!r}"
-        ) from None
+        values = []
+    if not values:
+        raise ConfigError(f"{option} takes numbers separated by commas, got {value!r}")
+    return values
 
 
 def simulate(
@@ -35,8 +36,10 @@ def simulate(
     instances: Annotated[
         int | None,
         typer.Option(
-            help="Data instances m of the coded deployment; other modes follow "
-            "(equal: m + r m/k, replicate: 2m, ...)."
+            help="Data instances m of the coded deployment, any m >= k (a "
+            "group's k queries go to distinct instances picked per query, so m "
+            "need not be a multiple of k); "
+            "other modes follow (equal: m + ceil(r m/k), replicate: 2m, ...)."
         ),
     ] = None,
     k: Annotated[
@@ -69,7 +72,8 @@ def simulate(
     slowdown: Annotated[
         str | None,
         typer.Option(
-            help="none, episodes, heavy, jitter, fail-one, crash-one (as bench)."
+            help="none, episodes, heavy, jitter, fail-one, crash-one (as bench; "
+            "bench's network, cpu-load and colocated are not simulated)."
         ),
     ] = None,
     node_size: Annotated[

@@ -83,7 +83,12 @@ from learncc.codes import DECODERS, Decoder
 from learncc.errors import BackendUnavailableError, ConfigError, UnknownNameError
 from learncc.serving.deploy import MODES, Deployment, plan
 from learncc.serving.policy import pick_instance
-from learncc.serving.slowdown import SlowdownConfig, instance_schedule, preset
+from learncc.serving.slowdown import (
+    PRESETS,
+    SlowdownConfig,
+    instance_schedule,
+    preset,
+)
 from learncc.sim.service import Deterministic, Measured, Overheads, ServiceModel
 
 logger = logging.getLogger(__name__)
@@ -91,6 +96,15 @@ logger = logging.getLogger(__name__)
 _BLOCK = 512  # service draws per refill of an instance's buffer
 _WINDOW = 2000  # answers behind the running percentiles of hedge and cheap
 _REFRESH = 100  # answers between recomputations of those percentiles
+
+# Slowdown fields that act on real sockets and cores, which the simulator
+# does not model; presets using them are refused rather than run as "none".
+_UNMODELLED = ("net_delay_ms", "net_mbps", "background_procs", "colocated_procs")
+SIM_SLOWDOWNS = tuple(
+    name
+    for name, cfg in PRESETS.items()
+    if not any(getattr(cfg, field_) for field_ in _UNMODELLED)
+)
 _DECODED, _BY_COPY, _BY_BACKUP = 1, 2, 3  # values of _Engine.recon
 
 
@@ -149,8 +163,10 @@ class SimConfig:
             )
         if self.flush_timeout_s <= 0 or self.query_timeout_s <= 0:
             raise ConfigError("flush_timeout_s and query_timeout_s must be > 0")
-        if self.per_item_ms < 0 or self.overhead_ms < 0:
-            raise ConfigError("per_item_ms and overhead_ms must be >= 0")
+        for name in ("per_item_ms", "overhead_ms"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
         for name in ("hedge_percentile", "cheap_percentile"):
             if not 0 < getattr(self, name) < 100:
                 raise ConfigError(
@@ -166,7 +182,15 @@ class SimConfig:
         for mode in self.modes:
             plan(mode, m=self.m, k=self.k, r=self.r)  # validates m (>= k if coded)
         self.make_decoder()  # validates k, r for the decoder
-        self.slowdown_config()  # validates the preset name and overrides
+        slowdown = self.slowdown_config()  # validates the preset and overrides
+        unmodelled = [name for name in _UNMODELLED if getattr(slowdown, name)]
+        if unmodelled:
+            # the simulator models slow episodes, jitter and failures only
+            raise ConfigError(
+                f"slowdown {self.slowdown!r} is not simulated (its "
+                f"{', '.join(unmodelled)} act on real sockets and cores); choose "
+                f"one of {', '.join(SIM_SLOWDOWNS)}"
+            )
 
     def slowdown_config(self) -> SlowdownConfig:
         return preset(self.slowdown, **self.slowdown_overrides)

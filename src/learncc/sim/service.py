@@ -442,16 +442,49 @@ def load_overheads(path: str | Path) -> dict[str, Overheads]:
     ``learncc.bench.run.run_comparison``.
 
     Raises:
-        ConfigError: the file is missing or not of that shape.
+        ConfigError: the file is missing or not of that shape, or a delay is
+            not a list of finite ms >= 0 (dispatch: >= -1 ms, clamped to 0).
     """
     path = Path(path)
     try:
         raw = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"cannot read frontend overheads {path}: {e}") from None
-    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+    if not isinstance(raw, dict):
         raise ConfigError(
             f"{path} must map mode -> {{'dispatch': [ms, ...], ...}}, "
             f"got {type(raw).__name__}"
         )
+    for mode, samples in raw.items():
+        _check_samples(path, mode, samples)
     return {mode: Overheads.from_samples(samples) for mode, samples in raw.items()}
+
+
+# A measured dispatch lag may come out a little negative (the load generator
+# wakes up to a clock tick early); from_samples counts that as 0. Anything
+# earlier than this is not a measurement.
+_EARLIEST_DISPATCH_MS = -1.0
+
+
+def _check_samples(path: Path, mode: str, samples: Any) -> None:
+    """Refuses one mode's delays unless each is a list of finite ms >= 0."""
+    if not isinstance(samples, dict):
+        raise ConfigError(
+            f"{path}: mode {mode!r} must map delay name -> [ms, ...] "
+            f"({', '.join(Overheads.NAMES)}), got {type(samples).__name__}"
+        )
+    for key in Overheads.NAMES + tuple(f"{n}_at" for n in Overheads.NAMES):
+        values = samples.get(key, [])
+        least = _EARLIEST_DISPATCH_MS if key == "dispatch" else 0.0
+        ok = isinstance(values, list) and all(
+            isinstance(v, int | float)
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and v >= least
+            for v in values
+        )
+        if not ok:
+            raise ConfigError(
+                f"{path}: {mode}.{key} must be a list of finite numbers >= "
+                f"{least:g}, got {values!r:.80}"
+            )
