@@ -502,11 +502,12 @@ class RayBackend:
             slot = _Slot(role, index, node=node)
             self.slots[(role, index)] = slot
             self._create(slot)
+        ready = asyncio.gather(*(self._await_ready(s) for s in self.slots.values()))
+        # as in LocalBackend.start: a cancelled start-up (Ctrl-C) must not leave
+        # the gather's CancelledError unretrieved for asyncio to log
+        ready.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            await asyncio.wait_for(
-                asyncio.gather(*(self._await_ready(s) for s in self.slots.values())),
-                self.start_timeout_s,
-            )
+            await asyncio.wait_for(ready, self.start_timeout_s)
         except (TimeoutError, BackendUnavailableError) as e:
             await self.close()
             if isinstance(e, BackendUnavailableError):
