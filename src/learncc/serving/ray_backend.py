@@ -68,10 +68,10 @@ fails with ``BackendUnavailableError``. A node that vanishes without closing
 its connections is noticed only once one of its instances holds a query for
 ``hang_timeout_s``. Actors need learncc (and the bundle's Python
 dependencies, for a ``callable`` black-box F) installed on every node; no
-``runtime_env`` is shipped. The actor's serving loop repeats the local
-worker's (``learncc.serving.worker``) rather than sharing it, because the
-worker reads its schedule from frames on the shared clock and its bundle
-from a path.
+``runtime_env`` is shipped. The actor serves its stream with the local
+worker's pieces (``receive``, ``compute_replies``, ``hold_service_time`` in
+``learncc.serving.worker``); only the loop around them is its own, because
+its schedule and reports come by Ray calls rather than CONTROL frames.
 """
 
 from __future__ import annotations
@@ -98,7 +98,13 @@ import numpy as np
 from learncc.errors import BackendUnavailableError, ConfigError
 from learncc.serving import protocol as P
 from learncc.serving.backend import BACKUP, DATA, PARITY, Handler
-from learncc.serving.worker import compute_replies, model_name
+from learncc.serving.worker import (
+    compute_replies,
+    fail_if_due,
+    hold_service_time,
+    model_name,
+    receive,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -239,24 +245,9 @@ class InstanceActor:
     def _serve_stream(self, conn: socket.socket, buffer: bytearray) -> None:
         queue: deque[tuple[int, bytes]] = deque()
         while True:
-            # block only when there is nothing queued; otherwise take what arrived
-            conn.setblocking(not queue)
-            try:
-                chunk = conn.recv(1 << 20)
-                if not chunk:
-                    return  # the driver closed its end
-                buffer += chunk
-            except BlockingIOError:
-                pass
-            for kind, tag, payload in P.split_frames(buffer):
-                if kind == P.INFER:
-                    queue.append((tag, payload))
-                elif kind == P.CANCEL:
-                    kept = deque(item for item in queue if item[0] != tag)
-                    if len(kept) < len(queue):
-                        queue = kept
-                        conn.setblocking(True)
-                        conn.sendall(P.frame(P.ERROR, tag, P.CANCELLED.encode()))
+            # control travels by Ray calls, so other frames are ignored
+            if receive(conn, buffer, queue) is None:
+                return  # the driver closed its end
             if not queue:
                 continue
             batch = [queue.popleft() for _ in range(min(self.max_batch, len(queue)))]
@@ -269,29 +260,15 @@ class InstanceActor:
         its reply frames."""
         start = time.monotonic()
         schedule = self.schedule  # configure() may swap it from its thread
-        if schedule.failed(start):
-            if schedule.fail_mode == "crash":
-                os._exit(17)
-            while True:  # hang: hold the queries, answer nothing, until killed
-                time.sleep(3600)
+        fail_if_due(schedule, start)
         try:
             replies = compute_replies(self.run, batch, self.input_shape, self.name)
         except Exception as e:  # the model failed: say so for each query
             message = f"{type(e).__name__}: {e}".encode()
             replies = [P.frame(P.ERROR, tag, message) for tag, _ in batch]
-        # emulate the service time as the local worker does: a floor, stretched
-        # while slow, plus jitter and the emulated link's time for the bytes
-        floor = self.service_s + self.per_item_s * (len(batch) - 1)
-        busy = max(time.monotonic() - start, floor)
         moved = sum(len(p) for _, p in batch) + sum(len(r) for r in replies)
-        delay = (
-            busy * schedule.slow_factor(start)
-            + schedule.jitter()
-            + schedule.transport(moved)
-        )
-        remaining = start + delay - time.monotonic()
-        if remaining > 0:
-            time.sleep(remaining)
+        floor_s = self.service_s + self.per_item_s * (len(batch) - 1)
+        hold_service_time(schedule, start, floor_s, moved)
         self.service_ms.append((time.monotonic() - start) * 1000)
         self.batch_sizes.append(len(batch))
         return replies

@@ -120,6 +120,67 @@ def compute_replies(
     ]
 
 
+def receive(
+    sock: socket.socket, buffer: bytearray, queue: deque[tuple[int, bytes]]
+) -> list[tuple[int, int, bytes]] | None:
+    """Take what has arrived on ``sock``, blocking only when ``queue`` is empty.
+
+    INFER frames join ``queue``; a CANCEL for a still-queued query removes it
+    and answers ERROR ``CANCELLED``. Returns the other frames (CONTROL), or
+    None once the peer has closed its end. Shared by the instance process and
+    the Ray actor, which serve the same stream.
+    """
+    sock.setblocking(not queue)
+    try:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            return None
+        buffer += chunk
+    except BlockingIOError:
+        pass
+    other = []
+    for kind, tag, payload in P.split_frames(buffer):
+        if kind == P.INFER:
+            queue.append((tag, payload))
+        elif kind == P.CANCEL:
+            kept = [item for item in queue if item[0] != tag]
+            if len(kept) < len(queue):
+                queue.clear()
+                queue.extend(kept)
+                sock.setblocking(True)
+                sock.sendall(P.frame(P.ERROR, tag, P.CANCELLED.encode()))
+        else:
+            other.append((kind, tag, payload))
+    return other
+
+
+def fail_if_due(schedule: Schedule, now: float) -> None:
+    """Crash (exit) or hang (hold every query, answer nothing) once the
+    schedule's failure time has come."""
+    if schedule.failed(now):
+        if schedule.fail_mode == "crash":
+            os._exit(17)
+        while True:  # hang: until killed
+            time.sleep(3600)
+
+
+def hold_service_time(
+    schedule: Schedule, start: float, floor_s: float, moved_bytes: int
+) -> None:
+    """Sleep until the batch that started at ``start`` has taken its emulated
+    service time: at least ``floor_s``, stretched while slow, plus jitter and
+    the transport (a fixed delay plus the bytes at the link's rate)."""
+    busy = max(time.monotonic() - start, floor_s)
+    delay = (
+        busy * schedule.slow_factor(start)
+        + schedule.jitter()
+        + schedule.transport(moved_bytes)
+    )
+    remaining = start + delay - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)
+
+
 def serve(sock: socket.socket, spec: dict[str, Any]) -> None:
     run, input_shape = load_model(spec)
     service_s = float(spec.get("service_ms", 0.0)) / 1000
@@ -133,25 +194,11 @@ def serve(sock: socket.socket, spec: dict[str, Any]) -> None:
     queue: deque[tuple[int, bytes]] = deque()
     service_ms: list[float] = []  # per batch, slowdowns included: for the simulator
     while True:
-        # block only when there is nothing queued; otherwise take what has arrived
-        sock.setblocking(not queue)
-        try:
-            chunk = sock.recv(1 << 20)
-            if not chunk:
-                return  # the frontend closed its end
-            buffer += chunk
-        except BlockingIOError:
-            pass
-        for kind, tag, payload in P.split_frames(buffer):
-            if kind == P.INFER:
-                queue.append((tag, payload))
-            elif kind == P.CANCEL:
-                kept = deque(item for item in queue if item[0] != tag)
-                if len(kept) < len(queue):
-                    queue = kept
-                    sock.setblocking(True)
-                    sock.sendall(P.frame(P.ERROR, tag, P.CANCELLED.encode()))
-            elif kind == P.CONTROL:
+        frames = receive(sock, buffer, queue)
+        if frames is None:
+            return  # the frontend closed its end
+        for kind, tag, payload in frames:
+            if kind == P.CONTROL:
                 message = json.loads(payload)
                 if message.get("stop"):
                     return
@@ -165,28 +212,13 @@ def serve(sock: socket.socket, spec: dict[str, Any]) -> None:
             continue
 
         start = time.monotonic()
-        if schedule.failed(start):
-            if schedule.fail_mode == "crash":
-                os._exit(17)
-            while True:  # hang: hold the queries, answer nothing, until killed
-                time.sleep(3600)
-
+        fail_if_due(schedule, start)
         batch = [queue.popleft() for _ in range(min(max_batch, len(queue)))]
         replies = compute_replies(run, batch, input_shape, name)
-
-        # emulate the service time: at least the floor, stretched while slow,
-        # then the transport: a fixed delay plus the bytes at the link's rate
-        floor = service_s + per_item_s * (len(batch) - 1)
-        busy = max(time.monotonic() - start, floor)
         moved = sum(len(p) for _, p in batch) + sum(len(r) for r in replies)
-        delay = (
-            busy * schedule.slow_factor(start)
-            + schedule.jitter()
-            + schedule.transport(moved)
+        hold_service_time(
+            schedule, start, service_s + per_item_s * (len(batch) - 1), moved
         )
-        remaining = start + delay - time.monotonic()
-        if remaining > 0:
-            time.sleep(remaining)
         service_ms.append((time.monotonic() - start) * 1000)
         sock.setblocking(True)
         sock.sendall(b"".join(replies))
