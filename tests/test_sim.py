@@ -629,10 +629,11 @@ def test_simulator_matches_a_real_comparison(digits_bundle: Path) -> None:
         assert sim[mode].p50 == pytest.approx(real[mode].p50, rel=0.15), mode
     assert sim["equal"].p99 == pytest.approx(real["equal"].p99, rel=0.25)
     assert sim["coded"].p99 == pytest.approx(real["coded"].p99, rel=0.3)
-    # the frontend's delays decide how often the parity beats an original
-    assert sim["coded"].reconstructed == pytest.approx(
-        real["coded"].reconstructed, rel=0.4
-    )
+    # the frontend's delays decide how often the parity beats an original; in
+    # a 5 s run that count moves by 2x between runs of the real system (77
+    # against 155 rebuilt in one CI run), so only its scale is checked
+    rebuilt_real, rebuilt_sim = real["coded"].reconstructed, sim["coded"].reconstructed
+    assert 0.4 * rebuilt_real <= rebuilt_sim <= 2.5 * rebuilt_real
 
 
 def test_cli_replays_measured_overheads_from_a_file(tmp_path: Path) -> None:
