@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -77,3 +79,20 @@ async def test_drive_measures_from_scheduled_arrival() -> None:
     assert result.n == int((trace.arrivals_s >= 0.2).sum()) and result.errors == 0
     assert 19 <= result.p50 <= 40 and result.top1 == 1.0
     assert result.reconstructed == 0 and len(result.latencies_ms) == result.n
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).parent.parent / "configs").glob("*.toml")),
+    ids=lambda p: p.name,
+)
+def test_shipped_sweep_configs_are_valid_for_every_value(path: Path) -> None:
+    from learncc.bench.sweep import _bench_for, load_config
+
+    config = load_config(path)
+    param, values = config["sweep"]["param"], config["sweep"]["values"]
+    for value in values:
+        cfg = _bench_for(config, param, value)
+        # each value's run (every mode, warm-up included) fits the issue's
+        # 10-minute budget per config with room for start-up
+        assert cfg.duration_s * len(cfg.modes) * len(values) <= 480

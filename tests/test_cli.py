@@ -97,6 +97,14 @@ def test_user_errors_are_one_line_without_traceback(
             ["serve", "/nonexistent", "--body-timeout", "0"],
             "--body-timeout must be > 0 (or inf), got 0.0",
         ),
+        (
+            ["serve", "/nonexistent", "--reconstruct-after-ms", "-5"],
+            "--reconstruct-after-ms must be a finite number >= 0, got -5.0",
+        ),
+        (
+            ["bench", "/nonexistent", "--reconstruct-after-ms", "inf"],
+            "reconstruct_after_s must be a finite number >= 0",
+        ),
         # with --config, BUNDLE replaces the config's bundle (it was ignored)
         (
             ["bench", "/nonexistent", "--config", str(CONFIGS / "rate_sweep.toml")],

@@ -454,3 +454,54 @@ async def test_partial_batches_are_sent_at_the_flush_timeout() -> None:
     assert len(answers) == 6 and len(set(data[:4])) == 1 and len(set(data[4:])) == 1
     with pytest.raises(ConfigError, match="shared-queue hands out one query at a time"):
         make(lambda *a: 0.001, batch_size=2, policy="shared-queue")
+
+
+@pytest.mark.parametrize(("original_s", "reconstructed"), [(0.03, False), (0.3, True)])
+async def test_reconstruct_after_holds_a_decodable_group_for_its_original(
+    original_s: float, reconstructed: bool
+) -> None:
+    # query 1's partner and parity answer in 1 ms, so its group is decodable
+    # at once; held 0.1 s, an original back in 30 ms is answered for real,
+    # one taking 0.3 s is rebuilt at about 0.1 s
+    frontend, backend = make(
+        lambda role, i, tag: original_s if (role, tag) == ("data", 1) else 0.001,
+        reconstruct_after_s=0.1,
+    )
+    async with frontend:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        xs = queries(2)
+        futures = [frontend.submit(x) for x in xs]
+        a0 = await futures[0]
+        a1 = await futures[1]
+        waited = loop.time() - t0
+    assert not a0.reconstructed and a1.reconstructed == reconstructed
+    np.testing.assert_allclose(a1.output, W @ xs[1], rtol=1e-4, atol=1e-5)
+    if reconstructed:
+        assert 0.09 <= waited < 0.25
+        assert ("data", backend.sent[1][1], 1) in backend.cancelled
+    else:
+        assert 0.025 <= waited < 0.09
+    assert frontend.statistics().reconstructed == int(reconstructed)
+
+
+async def test_deadline_takes_a_held_reconstruction_over_the_default() -> None:
+    default = np.zeros(OUT, np.float32)
+    frontend, _ = make(
+        lambda role, i, tag: None if (role, tag) == ("data", 1) else 0.001,
+        reconstruct_after_s=5.0,
+        default_output=default,
+    )
+    xs = queries(2)
+    async with frontend:
+        a0 = await frontend.infer(xs[0])
+        a1 = await frontend.infer(xs[1], deadline_s=0.05)
+    assert not a0.reconstructed
+    assert a1.reconstructed and not a1.default
+    np.testing.assert_allclose(a1.output, W @ xs[1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("value", [-0.001, float("inf"), float("nan")])
+def test_reconstruct_after_must_be_finite_and_not_negative(value: float) -> None:
+    with pytest.raises(ConfigError, match="reconstruct_after_s must be"):
+        make(lambda role, i, tag: 0.001, reconstruct_after_s=value)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import logging
 import math
@@ -27,8 +28,10 @@ from fakes import FakeBackend
 from learncc.codes import CodeConfig, make_code
 from learncc.errors import ConfigError
 from learncc.serving import Coding, Frontend
+from learncc.serving.frontend import Answer
 from learncc.serving.http import HttpServer, make_app, serve_http
 from learncc.serving.http.app import SERVICE
+from learncc.serving.metrics import ServingMetrics
 from learncc.serving.worker import NON_FINITE_OUTPUT
 
 W = np.eye(4, dtype=np.float32)[:3]  # F(x) = x[:3]
@@ -104,6 +107,11 @@ async def test_model_and_health_describe_the_server(client: TestClient) -> None:
         (b'{"input": [[1, 2], [3]]}', 400, "rectangular nested list"),
         (b'{"input": "abcd"}', 400, "must be a nested list of numbers"),
         (b'{"input": true}', 400, "must be a nested list of numbers"),
+        # fresh-user finding: these were converted and answered 200
+        (b'{"input": ["1.5", 2, 3, 4]}', 400, r"no strings, booleans or null"),
+        (b'{"input": [1, null, 3, 4]}', 400, r"no strings, booleans or null"),
+        (b'{"input": [[1, 2], [true, 4]]}', 400, "got true or false in it"),
+        (b'{"inputs": [[1, 2, 3, 4], [0, false, 0, 0]]}', 400, "true or false"),
         (b'{"input": [1, 2, 3, 1e999]}', 400, "infinity"),
         # finite but huge: F's outputs would overflow (fresh-user test)
         (
@@ -148,6 +156,20 @@ async def test_a_chunked_body_over_the_limit_is_413(client: TestClient) -> None:
     resp = await client.post(
         "/infer", data=chunks(), headers={"Content-Type": "application/json"}
     )
+    assert resp.status == 413 and "4096-byte limit" in (await resp.json())["error"]
+
+
+async def test_a_compressed_body_is_limited_by_its_inflated_size(
+    client: TestClient,
+) -> None:
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+    small = gzip.compress(b'{"input": [1, 2, 3, 4]}')
+    resp = await client.post("/infer", data=small, headers=headers)
+    assert resp.status == 200 and (await resp.json())["output"] == [1, 2, 3]
+    # within the limit on the wire, past it once inflated
+    bomb = gzip.compress(b'{"input": [' + b"0," * 3000 + b"0]}")
+    assert len(bomb) < 4096
+    resp = await client.post("/infer", data=bomb, headers=headers)
     assert resp.status == 413 and "4096-byte limit" in (await resp.json())["error"]
 
 
@@ -215,6 +237,8 @@ async def test_overload_is_503_with_retry_after() -> None:
         resp = await client.post("/infer", json={"input": [1, 2, 3, 4]})
         assert resp.status == 503 and resp.headers["Retry-After"] == "2"
         assert "1 queries pending, limit 1" in (await resp.json())["error"]
+        # refused by submit itself, so counted as the frontend counts refusals
+        assert client.app[SERVICE].frontend.statistics().refused == 1
         assert (await first).status == 504
         # a batch larger than the limit is refused whole, before acceptance
         accepted = client.app[SERVICE].frontend.statistics().accepted
@@ -444,6 +468,37 @@ async def test_metrics_count_outcomes_and_latency() -> None:
         assert samples[("learncc_instance_up", labels)] == 1
     route = (("route", "/infer"), ("status", "400"))
     assert samples[("learncc_http_requests_total", route)] == 1
+
+
+async def test_latency_buckets_count_each_answer_up_to_its_bound() -> None:
+    metrics = ServingMetrics(frontend_of(), buckets_s=(0.001, 0.01))
+    for latency_s in (0.0005, 0.001, 0.002, 0.5):
+        metrics.observe_answer(Answer(np.zeros(3), False, False), latency_s)
+    metrics.observe_answer(Answer(np.zeros(3), True, False), 0.01)
+    samples = metric_samples(metrics.exposition().decode())
+
+    def buckets(outcome: str) -> list[float]:
+        return [
+            samples[
+                ("learncc_query_latency_seconds_bucket", (("le", le), ("outcome", o)))
+            ]
+            for le, o in (("0.001", outcome), ("0.01", outcome), ("+Inf", outcome))
+        ]
+
+    # "le" buckets: a latency equal to a bound falls in that bound's bucket
+    assert buckets("original") == [2, 3, 4]
+    assert buckets("reconstructed") == [0, 1, 1]
+    assert buckets("default") == [0, 0, 0]
+    sums = {
+        o: samples[("learncc_query_latency_seconds_sum", (("outcome", o),))]
+        for o in ("original", "reconstructed")
+    }
+    assert sums == {"original": pytest.approx(0.5035), "reconstructed": 0.01}
+    for o in ("original", "reconstructed", "default"):
+        key = ("learncc_query_latency_seconds_created", (("outcome", o),))
+        assert samples[key] == pytest.approx(time.time(), abs=60)
+    with pytest.raises(ValueError, match="buckets_s must be increasing"):
+        ServingMetrics(frontend_of(), buckets_s=(0.1, 0.01))
 
 
 async def test_draining_refuses_new_queries_and_reports_not_ready(

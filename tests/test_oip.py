@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -318,7 +319,7 @@ async def test_bad_requests_get_the_protocol_error_form(
     if status != 200:
         body = await resp.json()
         assert list(body) == ["error"]
-        assert __import__("re").search(match, body["error"]), body["error"]
+        assert re.search(match, body["error"]), body["error"]
     assert (await client.post(INFER, json={"inputs": [tensor(X)]})).status == 200
 
 
@@ -352,6 +353,228 @@ async def test_binary_sizes_must_add_up(client: TestClient) -> None:
     resp = await client.post(INFER, data=body, headers=headers)
     assert resp.status == 400
     assert "FP32 input holds values beyond +-1e+06" in (await resp.json())["error"]
+
+
+# -- data that does not fit its declared datatype ------------------------------
+
+# (datatype, data for shape [2, 1, 2, 2], part of the message): each is refused,
+# never wrapped, rounded or cast (INT8 300 is not 44, UINT8 -1 not 255)
+MISFITS = [
+    (
+        "INT8",
+        [1] * 5 + [300, 0, 0],
+        "datatype INT8 must hold integers in -128..127; got 300 at data[5]",
+    ),
+    (
+        "INT8",
+        [-129] + [0] * 7,
+        "INT8 must hold integers in -128..127; got -129 at data[0]",
+    ),
+    (
+        "UINT8",
+        [0, -1] + [0] * 6,
+        "UINT8 must hold integers in 0..255; got -1 at data[1]",
+    ),
+    ("UINT8", [256] * 8, "UINT8 must hold integers in 0..255; got 256 at data[0]"),
+    (
+        "INT16",
+        [0] * 7 + [40_000],
+        "INT16 must hold integers in -32768..32767; got 40000 at data[7]",
+    ),
+    ("UINT16", [70_000] + [0] * 7, "UINT16 must hold integers in 0..65535; got 70000"),
+    (
+        "INT32",
+        [2**31] + [0] * 7,
+        "INT32 must hold integers in -2147483648..2147483647; "
+        "got 2147483648 at data[0]",
+    ),
+    (
+        "INT32",
+        [0, -(2**31) - 1] + [0] * 6,
+        "INT32 must hold integers in -2147483648..2147483647; "
+        "got -2147483649 at data[1]",
+    ),
+    (
+        "UINT32",
+        [0] * 7 + [-5],
+        "UINT32 must hold integers in 0..4294967295; got -5 at data[7]",
+    ),
+    (
+        "INT64",
+        [-1, 2**63] + [0] * 6,
+        "INT64 must hold integers in -9223372036854775808..9223372036854775807; "
+        "got 9223372036854775808 at data[1]",
+    ),
+    (
+        "UINT64",
+        [3, -1] + [0] * 6,
+        "UINT64 must hold integers in 0..18446744073709551615; got -1",
+    ),
+    ("INT32", [1, 1.5] + [0] * 6, "INT32 must hold integers only; got 1.5 at data[1]"),
+    ("UINT8", [2.0] * 8, "UINT8 must hold integers only; got 2.0 at data[0]"),
+    ("INT64", [True] + [1] * 7, "INT64 must hold integers only; got true at data[0]"),
+    ("FP32", [0.5] * 7 + [True], "FP32 must hold numbers only; got true at data[7]"),
+    (
+        "FP64",
+        [False, 1.5] + [0.0] * 6,
+        "FP64 must hold numbers only; got false at data[0]",
+    ),
+    (
+        "FP32",
+        [1.0, None] + [0.0] * 6,
+        "FP32 must hold numbers only; got null at data[1]",
+    ),
+    (
+        "FP16",
+        [0.0] * 3 + [70000.0] + [0.0] * 4,
+        "FP16 must hold numbers within +-65504; got 70000.0 at data[3]",
+    ),
+    (
+        "FP16",
+        [-65520] + [0] * 7,
+        "FP16 must hold numbers within +-65504; got -65520 at data[0]",
+    ),
+    (
+        "FP32",
+        [1e39] + [0.0] * 7,
+        "FP32 must hold numbers within +-3.40282e+38; got 1e+39 at data[0]",
+    ),
+    # nested data: the place is given as the client wrote it
+    (
+        "UINT8",
+        [[[[0, 1], [2, 3]]], [[[4, 5], [6, 256]]]],
+        "got 256 at data[1][0][1][1]",
+    ),
+    (
+        "INT8",
+        [[[[0, 1], [2, 3]]], [[[4, True], [6, 7]]]],
+        "INT8 must hold integers only; got true at data[1][0][0][1]",
+    ),
+]
+
+
+@pytest.mark.parametrize(("datatype", "data", "match"), MISFITS)
+async def test_json_data_that_does_not_fit_its_datatype_is_refused(
+    client: TestClient, datatype: str, data: list[Any], match: str
+) -> None:
+    doc = {
+        "inputs": [
+            {"name": "input", "shape": [2, 1, 2, 2], "datatype": datatype, "data": data}
+        ]
+    }
+    resp = await client.post(INFER, data=orjson.dumps(doc))
+    body = await resp.json()
+    assert resp.status == 400 and list(body) == ["error"], body
+    assert re.search(f"^input 'input' of datatype {datatype} ", body["error"]), body
+    assert match in body["error"], body["error"]
+    assert client.app[SERVICE].frontend.statistics().accepted == 0
+
+
+async def test_a_bool_among_many_numbers_is_found() -> None:
+    # past the size scanned outright, the body's text decides whether to scan
+    backend = FakeBackend(np.eye(100, dtype=np.float32)[:3], data_instances=2)
+    frontend = Frontend(backend, input_shape=(100,), query_timeout_s=0.5)
+    async with serving(frontend) as client:
+        data: list[Any] = [0.25] * 100
+        spec = {"name": "input", "shape": [1, 100], "datatype": "FP32", "data": data}
+        assert (await client.post(INFER, json={"inputs": [spec]})).status == 200
+        data[70] = True
+        body = await (await client.post(INFER, json={"inputs": [spec]})).json()
+        assert body == {
+            "error": "input 'input' of datatype FP32 must hold numbers only; "
+            "got true at data[70]"
+        }
+
+
+async def test_bool_is_refused_as_a_datatype_whatever_its_values(
+    client: TestClient,
+) -> None:
+    for data in ([2] * 8, [True] * 8):
+        doc = {
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": [2, 1, 2, 2],
+                    "datatype": "BOOL",
+                    "data": data,
+                }
+            ]
+        }
+        resp = await client.post(INFER, json=doc)
+        assert resp.status == 400
+        assert "input datatype 'BOOL' is not accepted" in (await resp.json())["error"]
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data"),
+    [
+        ("INT8", [-128, 127, 0, 5, -1, 2, 3, 4]),
+        ("UINT8", [0, 255, 1, 5, 254, 2, 3, 4]),
+        ("INT16", [-32768, 32767, 0, 5, 1, 2, 3, 4]),
+        ("UINT64", [0, 1_000_000, 1, 5, 3, 2, 3, 4]),  # max_abs_input
+        ("FP16", [65504.0, -65504, 0.5, 5, 1, 2, 3, 4]),
+        ("FP32", [1, 2.5, -3, 5, 1, 2, 3, 4]),  # JSON integers are numbers
+    ],
+)
+async def test_json_data_at_the_edges_of_its_datatype_is_exact(
+    client: TestClient, datatype: str, data: list[Any]
+) -> None:
+    doc = {
+        "inputs": [
+            {"name": "input", "shape": [2, 1, 2, 2], "datatype": datatype, "data": data}
+        ],
+        "outputs": [{"name": "output"}],
+    }
+    resp = await client.post(INFER, json=doc)
+    assert resp.status == 200, await resp.text()
+    out = (await resp.json())["outputs"][0]["data"]
+    assert out == data[:3] + data[4:7]
+
+
+async def test_binary_data_is_read_as_its_datatype_and_must_be_its_size(
+    client: TestClient,
+) -> None:
+    doc = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": [2, 1, 2, 2],
+                "datatype": "INT8",
+                "parameters": {"binary_data_size": 8},
+            }
+        ],
+        "outputs": [{"name": "output"}],
+    }
+    # in range by construction: 0xff is INT8 -1, never 255
+    raw = bytes([0xFF, 0x7F, 0x80, 0, 1, 2, 3, 4])
+    body, headers = binary_body(doc, raw)
+    resp = await client.post(INFER, data=body, headers=headers)
+    assert resp.status == 200
+    assert (await resp.json())["outputs"][0]["data"] == [-1, 127, -128, 1, 2, 3]
+    for datatype, size, match in (
+        (
+            "FP32",
+            16,
+            "binary data of input 'input' holds 16 bytes but shape "
+            "[2, 1, 2, 2] of FP32 needs 32 (8 elements of 4 bytes)",
+        ),
+        (
+            "FP64",
+            31,
+            "holds 31 bytes but shape [2, 1, 2, 2] of FP64 needs 64 "
+            "(8 elements of 8 bytes)",
+        ),
+        ("UINT16", 8, "holds 8 bytes but shape [2, 1, 2, 2] of UINT16 needs 16"),
+    ):
+        spec = {
+            **doc["inputs"][0],
+            "datatype": datatype,
+            "parameters": {"binary_data_size": size},
+        }
+        body, headers = binary_body({"inputs": [spec]}, bytes(size))
+        resp = await client.post(INFER, data=body, headers=headers)
+        assert resp.status == 400
+        assert match in (await resp.json())["error"], datatype
 
 
 class OverflowingBackend(FakeBackend):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 from pathlib import Path
@@ -99,6 +100,18 @@ async def test_crash_mode_instance_exits_and_queries_move(digits_bundle: Path) -
         answers = await asyncio.gather(*(frontend.infer(x) for x in xs))
         assert not frontend.backend.alive(DATA, 0)
     assert len(answers) == 20 and frontend.statistics().redispatched >= 1
+
+
+async def test_started_backend_freezes_the_heap(digits_bundle: Path) -> None:
+    # full collections then skip torch's and NumPy's objects: one walking
+    # them stalled the event loop 105 ms a minute into a bench process
+    gc.unfreeze()
+    frontend, _ = deployment(digits_bundle, "none", m=1)
+    async with frontend:
+        frozen = gc.get_freeze_count()
+        answer = await frontend.infer(digits_inputs(1)[0])
+    assert frozen > 50_000
+    assert answer.output.shape == (10,)
 
 
 async def test_instance_that_cannot_load_fails_start_with_its_message(

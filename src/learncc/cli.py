@@ -35,6 +35,14 @@ logger = logging.getLogger("learncc.cli")
 Quiet = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bars or info logs.")
 ]
+ReconstructAfterMs = Annotated[
+    float,
+    typer.Option(
+        help="coded: hold a decodable group until its missing queries have "
+        "been out this long before answering them reconstructed (0: at once, "
+        "as ParM)."
+    ),
+]
 
 
 def _serving_threads() -> None:
@@ -423,6 +431,7 @@ def bench(
     policy: Annotated[
         str, typer.Option(help="round-robin, shortest-queue or shared-queue.")
     ] = "round-robin",
+    reconstruct_after_ms: ReconstructAfterMs = 0.0,
     noop: Annotated[
         bool, typer.Option(help="Instances return zeros without running the model.")
     ] = False,
@@ -460,6 +469,7 @@ def bench(
         batch_size=batch_size,
         policy=policy,
         noop=noop,
+        reconstruct_after_s=reconstruct_after_ms / 1000,
         seed=seed,
         backend=backend,
         ray_address=address,
@@ -511,10 +521,12 @@ def _bench_sweep(
     result = run_sweep(config, progress=not quiet)
     param = result["param"]
     table = Table(title=f"sweep of {param} ({config_path.name})")
-    for col in (param, "mode", "p50 ms", "p99 ms", "p99.9 ms", "n", "reconstructed"):
+    columns = (param, "mode", "p50 ms", "p99 ms", "p99.9 ms", "n", "reconstructed")
+    for col in (*columns, "served top-1"):
         table.add_column(col, justify="right")
     for row in result["rows"]:
         for mode, r in row["latency_ms"].items():
+            top1 = r.get("top1")
             table.add_row(
                 str(row["value"]),
                 mode,
@@ -523,6 +535,7 @@ def _bench_sweep(
                 f"{r['p999']:.2f}",
                 str(r["n"]),
                 str(r["reconstructed"]),
+                "-" if top1 is None else f"{100 * top1:.2f}%",
             )
     console.print(table)
     _write_json(out / "results.json", result)
@@ -613,6 +626,7 @@ def serve(
         float,
         typer.Option(help="Seconds a request body may take to arrive; then 408."),
     ] = 30.0,
+    reconstruct_after_ms: ReconstructAfterMs = 0.0,
 ) -> None:
     """Serve a bundle over HTTP: the Open Inference Protocol v2 (/v2/...), plain
     JSON (POST /infer) and Prometheus metrics (/metrics)."""
@@ -642,6 +656,7 @@ def serve(
         drain_timeout=drain_timeout,
         max_abs_input=max_abs_input,
         body_timeout=body_timeout,
+        reconstruct_after_ms=reconstruct_after_ms,
     )
     check_bindable(host, port)
     loaded = load_bundle(bundle)
@@ -655,6 +670,7 @@ def serve(
         query_timeout_s=query_timeout,
         max_pending=max_pending,
         default_output=answers[default_answer],
+        reconstruct_after_s=reconstruct_after_ms / 1000,
         backend=backend,
         ray_address=address,
     )
@@ -740,6 +756,7 @@ def _check_serve_options(
     drain_timeout: float,
     max_abs_input: float,
     body_timeout: float,
+    reconstruct_after_ms: float = 0.0,
 ) -> None:
     """Check `learncc serve`'s options; the messages name the flags.
 
@@ -771,6 +788,7 @@ def _check_serve_options(
         "--service-ms": (service_ms, 0.0, True),
         "--query-timeout": (query_timeout, 0.0, False),
         "--drain-timeout": (drain_timeout, 0.0, True),
+        "--reconstruct-after-ms": (reconstruct_after_ms, 0.0, True),
     }
     for flag, (value, low, inclusive) in finite.items():
         ok = value >= low if inclusive else value > low

@@ -103,6 +103,7 @@ def deployment(
     query_timeout_s: float = 10.0,
     max_pending: int = 100_000,
     default_output: np.ndarray | None = None,
+    reconstruct_after_s: float = 0.0,
     noop: bool = False,
     backend: str = "local",
     ray_address: str | None = None,
@@ -122,6 +123,8 @@ def deployment(
         policy: data dispatch (see ``Frontend``).
         max_pending, default_output: overload bound and deadline answer
             (see ``Frontend``).
+        reconstruct_after_s: how long a decodable group waits for its
+            originals (coded only; see ``Frontend``).
         noop: instances skip the model and return zeros.
         backend: ``"local"`` (worker processes on this machine) or ``"ray"``
             (Ray actors; see ``learncc.serving.ray_backend``).
@@ -190,5 +193,6 @@ def deployment(
         query_timeout_s=query_timeout_s,
         max_pending=max_pending,
         default_output=default_output,
+        reconstruct_after_s=reconstruct_after_s if mode == "coded" else 0.0,
     )
     return frontend, shape

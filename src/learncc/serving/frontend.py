@@ -8,9 +8,11 @@ burst, at the end of the loop iteration in one call for all of them) and
 each goes to a parity instance. A group still partial after
 ``flush_timeout_s`` is completed with the bundle's fill query, whose F
 output is known, so the decoder sees a full group. As soon as the available
-data outputs and parity outputs allow it, the missing outputs are decoded
-and answered, flagged ``reconstructed``; the original is then withdrawn from
-its instance if not yet started, and discarded if it still arrives.
+data outputs and parity outputs allow it (or, with ``reconstruct_after_s``,
+once the missing members have waited that long), the missing outputs are
+decoded and answered, flagged ``reconstructed``; the original is then
+withdrawn from its instance if not yet started, and discarded if it still
+arrives.
 
 The same frontend serves the baselines it is compared with, on the same
 dispatch code: plain (``none``/``equal``), ``hedge`` (a second copy once a
@@ -139,6 +141,8 @@ class _Group:
     sealed: bool = False  # parity queries sent; membership final
     unanswered: int = 0  # members still pending
     arrived: int = 0  # data and parity outputs in hand, fill outputs included
+    # decodable, but held for its originals until reconstruct_after_s
+    held: asyncio.TimerHandle | None = None
 
 
 @dataclass(eq=False, slots=True)
@@ -197,6 +201,16 @@ class Frontend:
         default_output: answer given when a query's deadline passes with no
             real or reconstructed output (flagged ``default``); without it the
             query fails with ``QueryTimeoutError``.
+        reconstruct_after_s: a group that can be decoded while its missing
+            members have waited less than this since they were accepted is
+            held for their originals until then (a member's deadline, if
+            sooner, takes the reconstruction). 0, the default, decodes as
+            soon as possible, as ParM does; then an original only a little
+            slower than its partner and parity is answered approximately
+            (13-19% of answers at 300 q/s on the demo deployment, 0.2-0.4
+            points of served top-1; docs/benchmarks.md). Set it
+            near the p90-p99 of F's latency to answer approximately only
+            for real stragglers.
     """
 
     def __init__(
@@ -212,11 +226,17 @@ class Frontend:
         query_timeout_s: float = 10.0,
         max_pending: int = 100_000,
         default_output: np.ndarray | None = None,
+        reconstruct_after_s: float = 0.0,
     ) -> None:
         if flush_timeout_s <= 0 or query_timeout_s <= 0:
             raise ConfigError("flush_timeout_s and query_timeout_s must be > 0")
         if max_pending < 1:
             raise ConfigError(f"max_pending must be >= 1, got {max_pending}")
+        if not 0 <= reconstruct_after_s < math.inf:
+            raise ConfigError(
+                "reconstruct_after_s must be a finite number >= 0 (0 decodes as "
+                f"soon as possible), got {reconstruct_after_s}"
+            )
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if batch_size > 1 and policy == "shared-queue":
@@ -244,6 +264,7 @@ class Frontend:
         self.max_pending = max_pending
         self.batch_size = batch_size
         self.default_output = default_output
+        self.reconstruct_after_s = float(reconstruct_after_s)
         counts = backend.counts
         if coding is not None:
             k, r = coding.decoder.k, coding.decoder.r
@@ -368,8 +389,9 @@ class Frontend:
         Args:
             deadline_s: seconds from now after which the caller wants the
                 best answer there is: the default answer if configured, else
-                ``QueryTimeoutError``. A reconstruction is always answered as
-                soon as it exists, so none is ever left waiting for a deadline.
+                ``QueryTimeoutError``. A reconstruction is answered as soon as
+                it exists (or once ``reconstruct_after_s`` has passed), and at
+                the deadline at the latest, so none is left waiting for one.
 
         Raises:
             BadQueryError: the input is malformed (nothing was accepted).
@@ -789,7 +811,10 @@ class Frontend:
         if self.policy == "shared-queue":
             self._pump()
 
-    def _try_decode(self, group: _Group) -> None:
+    def _try_decode(self, group: _Group, *, hold: bool = True) -> None:
+        """Answer the group's missing members by decoding, if its outputs
+        allow it; with ``hold``, not before they have waited
+        ``reconstruct_after_s`` (a timer decodes them then)."""
         assert self.coding is not None
         if not group.unanswered:
             if group.sealed:
@@ -805,12 +830,18 @@ class Frontend:
         ]
         if not decoder.can_decode(available):
             return
+        waiting = [q for q in group.members if q.qid in self._pending]
+        if hold and self.reconstruct_after_s > 0:
+            due = min(q.born for q in waiting) + self.reconstruct_after_s
+            if self._loop.time() < due:
+                if group.held is None:
+                    group.held = self._loop.call_at(due, self._decode_held, group)
+                return
         shape = self.coding.fill_output.shape
         rebuilt = decoder.decode_missing(
             [None if o is None else o.reshape(shape) for o in group.outputs],
             [None if p is None else p.reshape(shape) for p in group.parity],
         )  # slot -> (*out)
-        waiting = [q for q in group.members if q.qid in self._pending]
         limit = self.coding.max_abs_output
         if limit is not None and not all(
             float(np.abs(rebuilt[q.slot]).max()) <= limit for q in waiting
@@ -833,8 +864,16 @@ class Frontend:
             self._cancel_copies(query, winner=-1)
         self._drop_group(group)
 
+    def _decode_held(self, group: _Group) -> None:
+        group.held = None
+        if group.gid in self._groups:
+            self._try_decode(group, hold=False)
+
     def _drop_group(self, group: _Group) -> None:
         self._groups.pop(group.gid, None)
+        if group.held is not None:
+            group.held.cancel()
+            group.held = None
         # members point back at their group: break the cycle so that both are
         # freed at once rather than by the cyclic collector (issue 3)
         group.members = []
@@ -899,6 +938,11 @@ class Frontend:
     def _expire(self, query: _Query) -> None:
         if query.qid not in self._pending:
             return
+        if query.group is not None and query.group.held is not None:
+            # its reconstruction exists: the deadline takes it over the default
+            self._try_decode(query.group, hold=False)
+            if query.qid not in self._pending:
+                return
         if query.deadline and self.default_output is not None:
             self._counts["defaulted"] += 1
             self._answer(

@@ -17,6 +17,12 @@ default, so several frontends or test apps in one process do not collide) with:
   ``default``, observed by whoever submits (the HTTP layer);
 - ``learncc_http_requests_total{route, status}``, counted by the HTTP layer.
 
+The latency histogram and the request counter are plain counts rendered at
+scrape time, not ``prometheus_client`` metric objects: those take a lock and
+scan the buckets on every observation, a cost paid per HTTP request (issue
+3). So a ``ServingMetrics`` must be written from one thread, the event loop
+that serves the app.
+
 Shortcoming: latency is observed only for queries submitted through a caller
 that reports it (the HTTP app does); queries submitted straight to the
 frontend by other code appear in the counters but not in the histogram. A
@@ -25,14 +31,24 @@ hook in the frontend called on every answer would close that gap.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
+import math
+import time
 from collections.abc import Iterator
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client import metrics as prometheus_metrics
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from learncc.serving.frontend import Answer, Frontend
 
@@ -127,49 +143,103 @@ class _FrontendCollector(Collector):
         yield up
 
 
+class _Counted:
+    """One histogram series or counter: counts kept by ``ServingMetrics``."""
+
+    __slots__ = ("counts", "sum", "created")
+
+    def __init__(self, n: int) -> None:
+        self.counts = [0] * n  # per bucket, the last one beyond every bound
+        self.sum = 0.0
+        self.created = time.time()
+
+
+class _HttpCollector(Collector):
+    """Renders the counts ``ServingMetrics`` keeps at scrape time, as
+    ``prometheus_client``'s Histogram and Counter would."""
+
+    def __init__(self, metrics: ServingMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        # the same switch prometheus_client's own metrics obey
+        created = getattr(prometheus_metrics, "_use_created", True)
+        metrics = self.metrics
+        les = [floatToGoString(b) for b in (*metrics.buckets_s, math.inf)]
+        latency = HistogramMetricFamily(
+            "learncc_query_latency_seconds",
+            "Time from submission to the answer, by how it was answered.",
+            labels=["outcome"],
+        )
+        for outcome, series in metrics.latency.items():
+            cumulative = itertools.accumulate(series.counts)
+            latency.add_metric(
+                [outcome], list(zip(les, cumulative, strict=True)), series.sum
+            )
+            if created:
+                latency.add_sample(
+                    f"{latency.name}_created", {"outcome": outcome}, series.created
+                )
+        yield latency
+        requests = CounterMetricFamily(
+            "learncc_http_requests",
+            "HTTP requests by route template and status code.",
+            labels=["route", "status"],
+        )
+        for (route, status), counted in metrics.requests.items():
+            requests.add_metric(
+                [route, str(status)],
+                counted.counts[0],
+                created=counted.created if created else None,
+            )
+        yield requests
+
+
 class ServingMetrics:
     """The Prometheus view of one frontend and the HTTP app in front of it.
 
+    Not thread-safe: observe from the event loop that serves the app (see
+    the module docstring).
+
     Args:
         frontend: whose statistics and backend are read at scrape time.
-        buckets_s: upper bounds of the latency histogram's buckets, seconds.
+        buckets_s: upper bounds of the latency histogram's buckets, seconds,
+            increasing (+Inf is implied).
+
+    Raises:
+        ValueError: the bounds are not increasing.
     """
 
     def __init__(
         self, frontend: Frontend, *, buckets_s: tuple[float, ...] = LATENCY_BUCKETS_S
     ) -> None:
+        bounds = tuple(float(b) for b in buckets_s if b != math.inf)
+        if any(a >= b for a, b in itertools.pairwise(bounds)):
+            raise ValueError(f"buckets_s must be increasing, got {buckets_s}")
+        self.buckets_s = bounds
+        self.latency = {outcome: _Counted(len(bounds) + 1) for outcome in OUTCOMES}
+        self.requests: dict[tuple[str, int], _Counted] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(_FrontendCollector(frontend))
-        latency = Histogram(
-            "learncc_query_latency_seconds",
-            "Time from submission to the answer, by how it was answered.",
-            ["outcome"],
-            buckets=buckets_s,
-            registry=self.registry,
-        )
-        # resolved once: labels() takes a lock and a dict lookup per call
-        self._latency = {outcome: latency.labels(outcome) for outcome in OUTCOMES}
-        self._request_counts: dict[tuple[str, int], Any] = {}
-        self._requests = Counter(
-            "learncc_http_requests",
-            "HTTP requests by route template and status code.",
-            ["route", "status"],
-            registry=self.registry,
-        )
+        self.registry.register(_HttpCollector(self))
 
     def observe_answer(self, answer: Answer, latency_s: float) -> None:
         """Record how long ``answer`` took, under its outcome."""
-        self._latency[outcome_of(answer)].observe(latency_s)
+        series = self.latency[outcome_of(answer)]
+        # the first bound >= latency_s: Prometheus buckets are "le"
+        series.counts[bisect.bisect_left(self.buckets_s, latency_s)] += 1
+        series.sum += latency_s
 
     def observe_request(self, route: str, status: int) -> None:
         """Count one HTTP request; ``route`` must be a template, not a raw path,
         so that the label set stays bounded."""
-        child = self._request_counts.get((route, status))
-        if child is None:
-            child = self._request_counts[route, status] = self._requests.labels(
-                route, str(status)
-            )
-        child.inc()
+        counted = self.requests.get((route, status))
+        if counted is None:
+            counted = self.requests[route, status] = _Counted(1)
+        counted.counts[0] += 1
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format 0.0.4 (see ``CONTENT_TYPE``)."""

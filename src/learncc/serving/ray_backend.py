@@ -77,7 +77,6 @@ its schedule and reports come by Ray calls rather than CONTROL frames.
 from __future__ import annotations
 
 import asyncio
-import gc
 import hmac
 import json
 import logging
@@ -97,7 +96,7 @@ import numpy as np
 
 from learncc.errors import BackendUnavailableError, ConfigError
 from learncc.serving import protocol as P
-from learncc.serving.backend import BACKUP, DATA, PARITY, Handler
+from learncc.serving.backend import BACKUP, DATA, PARITY, Handler, freeze_heap
 from learncc.serving.worker import (
     compute_replies,
     fail_if_due,
@@ -390,10 +389,9 @@ class RayBackend:
             ``None`` disables the watchdog.
         max_restarts: replacements per instance before it stays down.
         start_timeout_s: how long all actors may take to load.
-        freeze_gc: once started, move every object of this process to the
-            garbage collector's permanent generation (``gc.freeze``), so that
-            full collections skip Ray's and torch's long-lived objects. This
-            is process-wide: cycles among those objects are never freed.
+        freeze_gc: once started, ``backend.freeze_heap()``: full
+            collections then skip Ray's and torch's long-lived objects
+            (process-wide).
 
     Ray is never shut down by ``close``: a process may serve several
     deployments on one cluster, and a local cluster ends with the process.
@@ -497,8 +495,7 @@ class RayBackend:
         if self.freeze_gc:
             # Ray leaves the driver with a large heap of long-lived objects;
             # a full collection walking it stalled the event loop for 250 ms
-            # on our 2-core machine, every query in flight paying for it
-            gc.freeze()
+            freeze_heap()
         if self.hang_timeout_s is not None:
             self._spawn(self._watch())
         used = {s.actual_node for s in self.slots.values()}

@@ -132,6 +132,8 @@ class SimConfig:
     per_item_ms: float = 0.0
     flush_timeout_s: float = 0.005
     query_timeout_s: float = 10.0
+    # coded: how long a decodable group waits for its originals (Frontend's)
+    reconstruct_after_s: float = 0.0
     overhead_ms: float = 0.0
     # per mode, the real frontend's measured delays (see Overheads)
     overheads: dict[str, Overheads] = field(default_factory=dict)
@@ -163,7 +165,7 @@ class SimConfig:
             )
         if self.flush_timeout_s <= 0 or self.query_timeout_s <= 0:
             raise ConfigError("flush_timeout_s and query_timeout_s must be > 0")
-        for name in ("per_item_ms", "overhead_ms"):
+        for name in ("per_item_ms", "overhead_ms", "reconstruct_after_s"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
@@ -263,6 +265,7 @@ def from_bench(
         max_batch=bench.max_batch,
         flush_timeout_s=bench.flush_timeout_s,
         query_timeout_s=bench.query_timeout_s,
+        reconstruct_after_s=getattr(bench, "reconstruct_after_s", 0.0),
         overhead_ms=overhead_ms,
         overheads={
             mode: _measured_overheads(result, bench)
@@ -505,7 +508,7 @@ class _Instance:
 
 
 class _Group:
-    __slots__ = ("members", "waiting", "avail", "instances", "sealed", "done")
+    __slots__ = ("members", "waiting", "avail", "instances", "sealed", "done", "held")
 
     def __init__(self) -> None:
         self.members: list[int] = []
@@ -514,6 +517,7 @@ class _Group:
         self.instances: list[int] = []
         self.sealed = False
         self.done = False  # decoded, or every member answered: drop later results
+        self.held = False  # decodable, waiting out reconstruct_after_s
 
 
 class _Engine:
@@ -931,7 +935,7 @@ class _Engine:
             group.avail |= 1 << (self.k + j)
             self._try_decode(group, now)
 
-    def _try_decode(self, group: _Group, now: float) -> None:
+    def _try_decode(self, group: _Group, now: float, hold: bool = True) -> None:
         if not group.waiting:
             self._drop(group)
             return
@@ -939,14 +943,31 @@ class _Engine:
         if ok is None:
             flags = [bool(group.avail >> b & 1) for b in range(self.k + self.r)]
             ok = self.decodable[group.avail] = self.decoder.can_decode(flags)
-        if ok:
-            done = self.done
-            for q in group.members:
-                if done[q] < 0:
-                    done[q] = now
-                    self.recon[q] = _DECODED
-                    self._withdraw(q, group.instances)
-            self._drop(group)
+        if not ok:
+            return
+        done = self.done
+        grace = self.cfg.reconstruct_after_s
+        if hold and grace > 0:
+            # as the frontend: not before the oldest waiting member has been
+            # there reconstruct_after_s, and then whatever arrived meanwhile
+            due = min(self.times[q] for q in group.members if done[q] < 0) + grace
+            if now < due:
+                if not group.held:
+                    group.held = True
+                    self._after(due - now, group, self._on_held)
+                return
+        for q in group.members:
+            if done[q] < 0:
+                done[q] = now
+                self.recon[q] = _DECODED
+                self._withdraw(q, group.instances)
+        self._drop(group)
+
+    def _on_held(self, event: Any) -> None:
+        group = event._value
+        group.held = False
+        if not group.done:
+            self._try_decode(group, self.env._now, hold=False)
 
     def _withdraw(self, qid: int, instances: list[int]) -> None:
         """The frontend cancels a rebuilt query's original if its instance has

@@ -200,6 +200,7 @@ class Service:
         Raises:
             HttpError: 503 while draining.
             HttpError: 413 for a batch larger than ``max_pending``.
+            HttpError: 422 for an answer holding NaN or infinity.
             OverloadedError, FrontendClosedError: refused; a batch is checked
                 against the free room first, so normally none of it was accepted.
             QueryTimeoutError, BackendUnavailableError, FrontendClosedError:
@@ -209,9 +210,18 @@ class Service:
             raise self.shutting_down()
         if deadline_s is None:
             deadline_s = self.settings.default_deadline_s
+        frontend = self.frontend
+        if len(queries) == 1:
+            # the common case: submit's own max_pending check is the whole
+            # batch's (and counts the query in `refused`, which a batch refused
+            # below is not), and timing the await costs less than a callback
+            start_s = time.perf_counter()
+            answer = await frontend.submit(queries[0], deadline_s=deadline_s)
+            self.metrics.observe_answer(answer, time.perf_counter() - start_s)
+            _check_finite(answer, 0)
+            return [answer]
         # admit a batch whole or not at all: a batch refused half-way would
         # have its accepted part computed and its answers dropped
-        frontend = self.frontend
         if len(queries) > frontend.max_pending:
             raise HttpError(
                 413,
@@ -224,27 +234,20 @@ class Service:
         futures: list[asyncio.Future[Answer]] = []
         try:
             for x in queries:
-                future = self.frontend.submit(x, deadline_s=deadline_s)
+                future = frontend.submit(x, deadline_s=deadline_s)
                 future.add_done_callback(_Timer(self.metrics, time.perf_counter()))
                 futures.append(future)
         except (OverloadedError, FrontendClosedError):
             for future in futures:
                 future.add_done_callback(_retrieve)
             raise
-        if len(futures) == 1:
-            # the common case, without gather's bookkeeping
-            answers = [await futures[0]]
-        else:
-            outcomes = await asyncio.gather(*futures, return_exceptions=True)
-            for outcome in outcomes:
-                if isinstance(outcome, BaseException):
-                    raise outcome
-            answers = outcomes  # type: ignore[assignment]
+        answers = []
+        for outcome in await asyncio.gather(*futures, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
+            answers.append(outcome)
         for i, answer in enumerate(answers):
-            # JSON would carry NaN as null; a reconstruction can overflow even
-            # where the instances refused non-finite outputs of their own
-            if not np.isfinite(answer.output).all():
-                raise HttpError(422, _non_finite_answer(i, answer.reconstructed))
+            _check_finite(answer, i)
         return answers
 
     def deadline_from(self, value: Any, *, name: str, scale_s: float) -> float | None:
@@ -267,11 +270,26 @@ class Service:
         return float(value) * scale_s
 
 
-def _non_finite_answer(index: int, reconstructed: bool) -> str:
-    how = "its reconstruction" if reconstructed else "the model's output"
-    return (
+def _check_finite(answer: Answer, index: int) -> None:
+    """Refuse to send an answer holding NaN or infinity.
+
+    JSON would carry NaN as null; a reconstruction can overflow even where the
+    instances refused non-finite outputs of their own.
+
+    Raises:
+        HttpError: 422.
+    """
+    output = answer.output
+    # a sum of squares is finite only if every value is, and costs less than
+    # isfinite().all(); an output so large that the sum overflows takes the
+    # exact test
+    if math.isfinite(np.vdot(output, output)) or np.isfinite(output).all():
+        return
+    how = "its reconstruction" if answer.reconstructed else "the model's output"
+    raise HttpError(
+        422,
         f"{how} for input {index} holds NaN or infinity: the input is outside "
-        "what the model can compute; send inputs in the range it was trained on"
+        "what the model can compute; send inputs in the range it was trained on",
     )
 
 
@@ -281,9 +299,10 @@ def check_input_range(x: np.ndarray, max_abs: float, what: str = "input") -> Non
     Raises:
         BadQueryError: naming the bound, or the non-finite value.
     """
-    with np.errstate(invalid="ignore"):
-        if (np.abs(x) <= max_abs).all():  # False for NaN as well
-            return
+    # the largest magnitude is NaN if any value is, and NaN <= max_abs is
+    # False; one ufunc reduction, without the errstate a comparison needs
+    if not x.size or np.maximum.reduce(np.abs(x), axis=None) <= max_abs:
+        return
     if not np.isfinite(x).all():
         raise BadQueryError(f"{what} holds NaN or infinity")
     raise BadQueryError(
@@ -333,6 +352,10 @@ def error_response(
     return json_response({"error": message}, status, headers)
 
 
+def _too_large(limit: int) -> HttpError:
+    return HttpError(413, f"body exceeds the {limit}-byte limit (max_body_bytes)")
+
+
 async def read_body(request: web.Request) -> bytes:
     """The whole request body, at most ``max_body_bytes``.
 
@@ -344,17 +367,23 @@ async def read_body(request: web.Request) -> bytes:
     """
     service = request.app[SERVICE]
     limit = service.settings.max_body_bytes
-    too_large = HttpError(413, f"body exceeds the {limit}-byte limit (max_body_bytes)")
     # refuse on the declared length before reading anything
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise _too_large(limit)
+    content = request.content
     try:
-        if request.content.is_eof():
-            body = await request.read()  # it came with the headers: no wait
+        if content.is_eof():
+            # it came with the headers: take it from the buffer, without
+            # request.read()'s loop over chunks (read_nowait does not check
+            # the limit; a compressed body can outgrow its Content-Length)
+            body = content.read_nowait()
+            if len(body) > limit:
+                raise _too_large(limit)
         else:
             body = await service.read_slow_body(request)
     except web.HTTPRequestEntityTooLarge:
-        raise too_large from None
+        raise _too_large(limit) from None
     except ConnectionResetError:
         # the client's choice, not a server fault: no ERROR, no traceback
         logger.debug("client disconnected mid-body on %s", request.path)
@@ -452,36 +481,78 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def _answer_json(answer: Answer) -> dict[str, Any]:
+    output = answer.output
+    values = output.tolist()
+    if output.ndim == 1 and len(values) <= 64:
+        # a classifier's few scores: cheaper in Python than a NumPy call
+        top1 = values.index(max(values))
+    else:
+        top1 = int(np.argmax(output))
     return {
-        "output": answer.output.tolist(),
-        "top1": int(np.argmax(answer.output)),
+        "output": values,
+        "top1": top1,
         "reconstructed": answer.reconstructed,
         "default": answer.default,
     }
 
 
+def has_bool_literal(text: bytes) -> bool:
+    """False when the JSON text holds no ``true`` or ``false``; True may also
+    mean one inside a string, which only costs a needless scan of the data."""
+    # find() of one byte is a memchr, many times faster than finding the
+    # literal, and these first letters are rare outside the keys
+    for literal in (b"true", b"false"):
+        first = literal[:1]
+        i = text.find(first)
+        while i >= 0:
+            if text.startswith(literal, i):
+                return True
+            i = text.find(first, i + 1)
+    return False
+
+
+def holds_bool(data: list[Any]) -> bool:
+    types = set(map(type, data))
+    return bool in types or (
+        list in types and any(holds_bool(v) for v in data if type(v) is list)
+    )
+
+
 def parse_input(
-    value: Any, frontend: Frontend, *, max_abs: float = DEFAULT_MAX_ABS_INPUT
+    value: Any,
+    frontend: Frontend,
+    *,
+    max_abs: float = DEFAULT_MAX_ABS_INPUT,
+    scan_bools: bool = True,
 ) -> np.ndarray:
     """Turn a JSON value into a checked query array.
 
-    A flat list of the input's size is reshaped to the input shape.
+    A flat list of the input's size is reshaped to the input shape. With
+    ``scan_bools`` False (the caller knows the body holds no ``true`` or
+    ``false``) nested lists are not searched for booleans.
 
     Raises:
-        BadQueryError: not a rectangular numeric array of the input shape, or
-            it holds NaN, infinity or values beyond +-``max_abs``.
+        BadQueryError: not a rectangular array of numbers (strings, booleans
+            and null are refused, not converted) of the input shape, or it
+            holds NaN, infinity or values beyond +-``max_abs``.
     """
     if isinstance(value, (str, bytes, dict, bool)) or value is None:
         raise BadQueryError(
             f"'input' must be a nested list of numbers, got {type(value).__name__}"
         )
     try:
-        x = np.asarray(value, dtype=np.float64)
+        # no dtype: a float64 conversion would read "1.5" as 1.5
+        x = np.asarray(value)
     except (ValueError, TypeError, OverflowError):
+        x = None
+    if x is None or x.dtype.kind not in "iuf":
         raise BadQueryError(
-            "'input' must be a rectangular nested list of numbers "
-            f"of shape {list(frontend.input_shape)}"
-        ) from None
+            "'input' must be a rectangular nested list of numbers (no strings, "
+            f"booleans or null) of shape {list(frontend.input_shape)}"
+        )
+    # NumPy reads true as 1 in a list that also holds numbers
+    if scan_bools and isinstance(value, list) and holds_bool(value):
+        raise BadQueryError("'input' must hold numbers only, got true or false in it")
     if x.ndim == 1 and x.size == math.prod(frontend.input_shape):
         x = x.reshape(frontend.input_shape)
     check_input_range(x, max_abs, "'input'")
@@ -527,8 +598,13 @@ async def infer(request: web.Request) -> web.Response:
     if not isinstance(doc, dict) or ("input" in doc) == ("inputs" in doc):
         raise HttpError(400, "send an object with exactly one of 'input' or 'inputs'")
     max_abs = service.settings.max_abs_input
+    scan = has_bool_literal(body)
     if "input" in doc:
-        queries = [parse_input(doc["input"], service.frontend, max_abs=max_abs)]
+        queries = [
+            parse_input(
+                doc["input"], service.frontend, max_abs=max_abs, scan_bools=scan
+            )
+        ]
     else:
         inputs = doc["inputs"]
         if not isinstance(inputs, list) or not inputs:
@@ -537,7 +613,10 @@ async def infer(request: web.Request) -> web.Response:
             raise HttpError(
                 400, f"at most {service.settings.max_batch} inputs per request"
             )
-        queries = [parse_input(v, service.frontend, max_abs=max_abs) for v in inputs]
+        queries = [
+            parse_input(v, service.frontend, max_abs=max_abs, scan_bools=scan)
+            for v in inputs
+        ]
     answers = [_answer_json(a) for a in await service.run(queries, deadline_s)]
     return json_response(answers[0] if "input" in doc else {"answers": answers})
 

@@ -19,6 +19,13 @@ FP16, FP64 and (U)INT8-64, which are converted to float32; integers beyond
 refused, as are BOOL, BYTES and BF16, and values beyond +-``max_abs_input``
 (1e6 by default; see ``make_app``), which would overflow F's outputs.
 
+JSON ``data`` must fit its declared datatype, as binary data does by
+construction: integers only, within the type's range, for the integer types
+(INT8 300, UINT8 -1 or 1.5 are refused), numbers within the type's range for
+the float types, and never ``true``/``false``. The 400 answer names the input,
+the datatype and the first value that does not fit, with its place in
+``data``; nothing is wrapped, rounded or cast to fit.
+
 Outputs, each with batch dimension first:
 
 - ``output`` (FP32, ``[batch, *out]``): the answers;
@@ -53,6 +60,7 @@ extension (``class_count``), more than one input.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,6 +75,8 @@ from learncc.serving.http.app import (
     HttpError,
     Service,
     check_input_range,
+    has_bool_literal,
+    holds_bool,
     json_response,
     read_body,
 )
@@ -91,7 +101,75 @@ DATATYPES: dict[str, np.dtype[Any]] = {
 }
 # the largest integer magnitude float32 holds exactly
 _EXACT_INT_F32 = 2**24
+_F32_MAX = float(np.finfo(np.float32).max)
 _BINARY_BODY_TYPES = ("application/json", "application/octet-stream")
+# (name, binary) of every output, for requests that name none
+_ALL_OUTPUTS = {
+    binary: tuple((name, binary) for name in OUTPUT_NAMES) for binary in (False, True)
+}
+# ufunc reductions: ndarray.min/max add a Python-level wrapper per call
+_MIN, _MAX = np.minimum.reduce, np.maximum.reduce
+# data this small is scanned for true/false outright (cheaper than searching
+# the body text for the literals first)
+_BOOL_SCAN_SIZE = 64
+
+
+def _value_range(dtype: np.dtype[Any]) -> tuple[float, float]:
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return int(info.min), int(info.max)
+    top = float(np.finfo(dtype).max)
+    return -top, top
+
+
+# the values each datatype holds; binary data is in range by construction,
+# JSON data is checked against these
+RANGES = {name: _value_range(dtype) for name, dtype in DATATYPES.items()}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What every inference request is checked against, worked out once per
+    app rather than once per request (see ``add_routes``)."""
+
+    service: Service
+    name: str
+    dims: list[int]  # the input shape after the batch dimension
+    shape_types: list[type]  # [int] * (1 + len(dims)), so bools are not dims
+    max_batch: int
+    max_abs: float
+    # datatype -> (NumPy kinds, lo, hi, hi**2 or None): an array of one of
+    # these kinds with every value in lo..hi fits the datatype, is exact in
+    # float32 and is within max_abs, so it needs no other value check
+    accepts: dict[str, tuple[str, float, float, float | None]]
+
+    @classmethod
+    def of(cls, service: Service) -> ModelSpec:
+        settings = service.settings
+        max_abs = settings.max_abs_input
+        accepts = {}
+        for datatype, dtype in DATATYPES.items():
+            lo, hi = RANGES[datatype]
+            if dtype.kind in "iu":
+                kinds, cap = "iu", min(max_abs, _EXACT_INT_F32)
+                square = None
+            else:
+                kinds, cap = "iuf", min(max_abs, _F32_MAX, hi)
+                square = cap * cap if math.isfinite(cap * cap) else None
+            accepts[datatype] = (kinds, max(lo, -cap), min(hi, cap), square)
+        dims = list(service.frontend.input_shape)
+        return cls(
+            service=service,
+            name=settings.model_name,
+            dims=dims,
+            shape_types=[int] * (1 + len(dims)),
+            max_batch=settings.max_batch,
+            max_abs=max_abs,
+            accepts=accepts,
+        )
+
+
+MODEL = web.AppKey("oip_model", ModelSpec)
 
 
 @dataclass(frozen=True)
@@ -101,28 +179,29 @@ class InferRequest:
     id: str | None
     batch: np.ndarray  # (batch, *in) float32, finite
     deadline_s: float | None
-    outputs: list[tuple[str, bool]]  # (name, binary) in response order
+    outputs: tuple[tuple[str, bool], ...]  # (name, binary) in response order
 
 
-def _model(request: web.Request) -> Service:
-    """The service, once the path's model name and version are ours.
+def _model(request: web.Request) -> ModelSpec:
+    """The model, once the path's model name and version are ours.
 
     Raises:
         HttpError: 404 naming the model this server serves.
     """
-    service = request.app[SERVICE]
+    model = request.app[MODEL]
     name = request.match_info["name"]
     version = request.match_info.get("version", VERSION)
-    served = service.settings.model_name
-    if name != served:
-        raise HttpError(404, f"unknown model {name!r}; this server serves {served!r}")
+    if name != model.name:
+        raise HttpError(
+            404, f"unknown model {name!r}; this server serves {model.name!r}"
+        )
     if version != VERSION:
         raise HttpError(
             404,
             f"unknown version {version!r} of model {name!r}; "
             f"the only one is {VERSION!r}",
         )
-    return service
+    return model
 
 
 # -- health and metadata ------------------------------------------------------
@@ -155,19 +234,15 @@ async def server_metadata(_: web.Request) -> web.Response:
 
 
 async def model_metadata(request: web.Request) -> web.Response:
-    service = _model(request)
-    out = service.settings.output_shape
+    model = _model(request)
+    out = model.service.settings.output_shape
     return json_response(
         {
-            "name": service.settings.model_name,
+            "name": model.name,
             "versions": [VERSION],
             "platform": "learncc",
             "inputs": [
-                {
-                    "name": INPUT_NAME,
-                    "datatype": "FP32",
-                    "shape": [-1, *service.frontend.input_shape],
-                }
+                {"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, *model.dims]}
             ],
             "outputs": [
                 {"name": "output", "datatype": "FP32", "shape": [-1, *(out or (-1,))]},
@@ -212,29 +287,102 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _check_shape(spec: dict[str, Any], service: Service) -> list[int]:
-    shape = spec.get("shape")
+def _check_shape(shape: Any, model: ModelSpec) -> list[int]:
+    if (
+        type(shape) is list
+        and shape[1:] == model.dims
+        and list(map(type, shape)) == model.shape_types
+        and 1 <= shape[0] <= model.max_batch
+    ):
+        return shape
+    # the request is refused: say why
     if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
         raise HttpError(
             400, f"input 'shape' must be a list of non-negative integers, got {shape!r}"
         )
-    input_shape = list(service.frontend.input_shape)
-    if shape[1:] != input_shape:
+    if not shape or shape[1:] != model.dims:
         raise HttpError(
             400,
-            f"input shape {shape} does not match the model's [batch, *{input_shape}] "
-            f"= {[-1, *input_shape]}",
+            f"input shape {shape} does not match the model's [batch, *{model.dims}] "
+            f"= {[-1, *model.dims]}",
         )
-    if not 1 <= shape[0] <= service.settings.max_batch:
-        raise HttpError(
-            400,
-            f"batch dimension (shape[0]) must be in 1..{service.settings.max_batch}, "
-            f"got {shape[0]}",
-        )
-    return shape
+    raise HttpError(
+        400,
+        f"batch dimension (shape[0]) must be in 1..{model.max_batch}, got {shape[0]}",
+    )
 
 
-def _from_json_data(data: Any, datatype: str, shape: list[int]) -> np.ndarray:
+def _within(array: np.ndarray, lo: float, hi: float, square: float | None) -> bool:
+    """Whether every value is in lo..hi (False for NaN)."""
+    # no value's square exceeds the sum of squares, so for float arrays, whose
+    # bounds are -cap..cap, one vdot (about the cost of one of the two
+    # reductions) clears all but the largest inputs; not for integer dtypes,
+    # whose vdot can wrap around
+    if square is not None and array.dtype.kind == "f":
+        if np.vdot(array, array) <= square:
+            return True
+    return (
+        bool(array.size)
+        and lo <= _MIN(array, axis=None)
+        and _MAX(array, axis=None) <= hi
+    )
+
+
+def _leaves(data: list[Any], path: tuple[int, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """(place, value) of every non-list in nested lists, in row-major order."""
+    for i, value in enumerate(data):
+        if type(value) is list:
+            yield from _leaves(value, (*path, i))
+        else:
+            yield (*path, i), value
+
+
+def _show(value: Any) -> str:
+    """A value as the client wrote it in JSON (true, null, "a"), shortened."""
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:
+        text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def _first_misfit(data: list[Any], datatype: str) -> str | None:
+    """The refusal of JSON data with a value its datatype cannot hold, naming
+    the first such value and its place; None if every value fits."""
+    lo, hi = RANGES[datatype]
+    integers = DATATYPES[datatype].kind in "iu"
+    for place, value in _leaves(data):
+        number = type(value) is int or (type(value) is float and not integers)
+        if number and lo <= value <= hi:
+            continue
+        if not number:
+            want = "integers only" if integers else "numbers only"
+        elif integers:
+            want = f"integers in {lo}..{hi}"
+        else:
+            want = f"numbers within +-{hi:g}"
+        where = "data" + "".join(f"[{i}]" for i in place)
+        return (
+            f"input {INPUT_NAME!r} of datatype {datatype} must hold {want}; "
+            f"got {_show(value)} at {where}"
+        )
+    return None
+
+
+def _checked_slowly(array: np.ndarray, datatype: str, model: ModelSpec) -> np.ndarray:
+    """The input as float32 after the exact checks, which name what is wrong.
+
+    Only arrays outside the quick bounds of ``ModelSpec.accepts`` come here,
+    so most of them are refused.
+    """
+    converted = _to_float32(array, datatype)
+    check_input_range(converted, model.max_abs, f"{datatype} input")
+    return converted
+
+
+def _from_json_data(
+    data: Any, datatype: str, shape: list[int], text: bytes, model: ModelSpec
+) -> np.ndarray:
     if not isinstance(data, list):
         raise HttpError(
             400, f"input 'data' must be a (nested) list, got {type(data).__name__}"
@@ -245,29 +393,41 @@ def _from_json_data(data: Any, datatype: str, shape: list[int]) -> np.ndarray:
         raise HttpError(
             400, "input 'data' must be a rectangular (nested) list of numbers"
         ) from None
-    expected = "integers" if DATATYPES[datatype].kind in "iu" else "numbers"
-    kinds = "iu" if expected == "integers" else "iuf"
-    if array.dtype.kind not in kinds:
-        raise HttpError(
-            400, f"input 'data' of datatype {datatype} must hold {expected} only"
-        )
     if array.size != math.prod(shape):
         raise HttpError(
             400,
             f"input 'data' holds {array.size} elements but shape {shape} "
             f"needs {math.prod(shape)}",
         )
-    return array.reshape(shape)
+    array = array.reshape(shape)
+    kinds, lo, hi, square = model.accepts[datatype]
+    # NumPy reads true as 1 in a list that also holds numbers, so only a scan
+    # finds it; the body text tells when there is no true/false to find
+    if (
+        array.dtype.kind in kinds
+        and _within(array, lo, hi, square)
+        and not (
+            (array.size <= _BOOL_SCAN_SIZE or has_bool_literal(text))
+            and holds_bool(data)
+        )
+    ):
+        return array.astype(np.float32)
+    misfit = _first_misfit(data, datatype)
+    if misfit is not None:
+        raise HttpError(400, misfit)
+    return _checked_slowly(array, datatype, model)
 
 
 def _from_binary(raw: memoryview, datatype: str, shape: list[int]) -> np.ndarray:
     dtype = DATATYPES[datatype]
-    expected = math.prod(shape) * dtype.itemsize
+    count = math.prod(shape)
+    expected = count * dtype.itemsize
     if len(raw) != expected:
         raise HttpError(
             400,
-            f"binary input holds {len(raw)} bytes but shape {shape} of {datatype} "
-            f"needs {expected}",
+            f"binary data of input {INPUT_NAME!r} holds {len(raw)} bytes but shape "
+            f"{shape} of {datatype} needs {expected} ({count} elements of "
+            f"{dtype.itemsize} bytes)",
         )
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
@@ -278,8 +438,14 @@ def _to_float32(array: np.ndarray, datatype: str) -> np.ndarray:
         if not np.isfinite(array).all():
             raise HttpError(400, f"{datatype} input holds NaN or infinity")
         return np.ascontiguousarray(array)
-    if array.dtype.kind in "iu":
-        if array.size and int(np.abs(array, dtype=np.float64).max()) > _EXACT_INT_F32:
+    if array.dtype.kind not in "iuf":
+        # _first_misfit refuses these first; this keeps a mistake there from
+        # turning strings or booleans into numbers
+        raise HttpError(400, f"input 'data' of datatype {datatype} must hold numbers")
+    if DATATYPES[datatype].kind in "iu":
+        # JSON integers beyond int64's range mixed with negative ones come as
+        # float64, so the datatype decides, not the array's dtype
+        if array.size and float(np.abs(array, dtype=np.float64).max()) > _EXACT_INT_F32:
             raise HttpError(
                 400,
                 f"{datatype} input holds values beyond +-2**24, which float32 cannot "
@@ -299,7 +465,7 @@ def _to_float32(array: np.ndarray, datatype: str) -> np.ndarray:
 
 
 def _decode_input(
-    spec: Any, binary: memoryview, service: Service
+    spec: Any, binary: memoryview, text: bytes, model: ModelSpec
 ) -> tuple[np.ndarray, int]:
     """One input tensor as float32, and how many binary bytes it used."""
     if not isinstance(spec, dict):
@@ -312,44 +478,48 @@ def _decode_input(
             400, f"unknown input {name!r}; this model's input is {INPUT_NAME!r}"
         )
     datatype = spec.get("datatype")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise HttpError(
             400,
             f"input datatype {datatype!r} is not accepted; send one of "
             f"{', '.join(DATATYPES)} (FP32 needs no conversion)",
         )
-    shape = _check_shape(spec, service)
-    parameters = _as_dict(spec.get("parameters"), "input 'parameters'")
-    if any(key.startswith("shared_memory") for key in parameters):
-        raise HttpError(400, "shared-memory inputs are not supported; send the data")
-    size = parameters.get("binary_data_size")
-    if size is not None:
-        if "data" in spec:
+    shape = _check_shape(spec.get("shape"), model)
+    size = None
+    if "parameters" in spec:
+        parameters = _as_dict(spec["parameters"], "input 'parameters'")
+        if any(key.startswith("shared_memory") for key in parameters):
             raise HttpError(
-                400, "an input has either 'data' or binary_data_size, not both"
+                400, "shared-memory inputs are not supported; send the data"
             )
-        if not _is_int(size) or not 0 <= size <= len(binary):
+        size = parameters.get("binary_data_size")
+    if size is None:
+        if "data" not in spec:
             raise HttpError(
-                400,
-                f"binary_data_size {size!r} must be an integer in 0..{len(binary)} "
-                "(the binary bytes left after the JSON header)",
+                400, "input has no 'data' and no binary_data_size parameter"
             )
-        array, used = _from_binary(binary[:size], datatype, shape), size
-    elif "data" in spec:
-        array, used = _from_json_data(spec["data"], datatype, shape), 0
-    else:
-        raise HttpError(400, "input has no 'data' and no binary_data_size parameter")
-    converted = _to_float32(array, datatype)
-    check_input_range(converted, service.settings.max_abs_input, f"{datatype} input")
-    return converted, used
+        return _from_json_data(spec["data"], datatype, shape, text, model), 0
+    if "data" in spec:
+        raise HttpError(400, "an input has either 'data' or binary_data_size, not both")
+    if not _is_int(size) or not 0 <= size <= len(binary):
+        raise HttpError(
+            400,
+            f"binary_data_size {size!r} must be an integer in 0..{len(binary)} "
+            "(the binary bytes left after the JSON header)",
+        )
+    array = _from_binary(binary[:size], datatype, shape)
+    _, lo, hi, square = model.accepts[datatype]
+    if _within(array, lo, hi, square):
+        # FP32 stays a view of the body: no copy
+        return array.astype(np.float32, copy=False), size
+    return _checked_slowly(array, datatype, model), size
 
 
 def _requested_outputs(
-    doc: dict[str, Any], binary_default: bool
-) -> list[tuple[str, bool]]:
-    specs = doc.get("outputs")
+    specs: Any, binary_default: bool
+) -> tuple[tuple[str, bool], ...]:
     if specs is None:
-        return [(name, binary_default) for name in OUTPUT_NAMES]
+        return _ALL_OUTPUTS[binary_default]
     if not isinstance(specs, list) or not specs:
         raise HttpError(400, "'outputs' must be a non-empty list of {name, parameters}")
     outputs = []
@@ -372,29 +542,12 @@ def _requested_outputs(
                 400, f"output parameter binary_data must be a boolean, got {binary!r}"
             )
         outputs.append((spec["name"], binary))
-    return outputs
+    return tuple(outputs)
 
 
-def decode_request(
-    body: bytes, header_length: str | None, service: Service
-) -> InferRequest:
-    """Parse and check an inference request body.
-
-    Raises:
-        HttpError: 400 naming the first problem found.
-        BadQueryError: the input holds values beyond +-``max_abs_input``.
-    """
-    json_part, binary = _split_body(body, header_length)
-    try:
-        doc = orjson.loads(json_part)
-    except orjson.JSONDecodeError as e:
-        raise HttpError(400, f"malformed JSON inference request: {e}") from None
-    if not isinstance(doc, dict):
-        raise HttpError(
-            400,
-            f"the inference request must be a JSON object, got {type(doc).__name__}",
-        )
-    parameters = _as_dict(doc.get("parameters"), "request 'parameters'")
+def _request_parameters(value: Any, service: Service) -> tuple[float | None, bool]:
+    """The deadline and ``binary_data_output`` of the request's parameters."""
+    parameters = _as_dict(value, "request 'parameters'")
     deadline_s = service.deadline_from(
         parameters.get("timeout_ms"), name="parameter timeout_ms", scale_s=1e-3
     )
@@ -409,6 +562,34 @@ def decode_request(
         raise HttpError(
             400, f"binary_data_output must be a boolean, got {binary_default!r}"
         )
+    return deadline_s, binary_default
+
+
+def decode_request(
+    body: bytes, header_length: str | None, model: ModelSpec
+) -> InferRequest:
+    """Parse and check an inference request body.
+
+    Raises:
+        HttpError: 400 naming the first problem found (for data that does not
+            fit its datatype: the input, the datatype and the value).
+        BadQueryError: the input holds values beyond +-``max_abs_input``.
+    """
+    json_part, binary = _split_body(body, header_length)
+    try:
+        doc = orjson.loads(json_part)
+    except orjson.JSONDecodeError as e:
+        raise HttpError(400, f"malformed JSON inference request: {e}") from None
+    if not isinstance(doc, dict):
+        raise HttpError(
+            400,
+            f"the inference request must be a JSON object, got {type(doc).__name__}",
+        )
+    deadline_s, binary_default = None, False
+    if "parameters" in doc:
+        deadline_s, binary_default = _request_parameters(
+            doc["parameters"], model.service
+        )
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1:
         count = len(inputs) if isinstance(inputs, list) else "no"
@@ -417,7 +598,7 @@ def decode_request(
             f"'inputs' must be a list of exactly one input, {INPUT_NAME!r}; "
             f"got {count}",
         )
-    batch, used = _decode_input(inputs[0], binary, service)
+    batch, used = _decode_input(inputs[0], binary, json_part, model)
     if used != len(binary):
         raise HttpError(
             400,
@@ -428,7 +609,10 @@ def decode_request(
     if request_id is not None and not isinstance(request_id, str):
         raise HttpError(400, f"'id' must be a string, got {type(request_id).__name__}")
     return InferRequest(
-        request_id, batch, deadline_s, _requested_outputs(doc, binary_default)
+        request_id,
+        batch,
+        deadline_s,
+        _requested_outputs(doc.get("outputs"), binary_default),
     )
 
 
@@ -436,7 +620,7 @@ def decode_request(
 
 
 async def infer(request: web.Request) -> web.Response:
-    service = _model(request)
+    model = _model(request)
     if request.content_type not in _BINARY_BODY_TYPES:
         raise HttpError(
             415,
@@ -446,60 +630,59 @@ async def infer(request: web.Request) -> web.Response:
         )
     body = await read_body(request)
     decoded = decode_request(
-        body, request.headers.get("Inference-Header-Content-Length"), service
+        body, request.headers.get("Inference-Header-Content-Length"), model
     )
     # decode_request checked shape, dtype and finiteness of the whole batch, so
     # submit's own check of each item cannot refuse one half-way through
-    answers = await service.run(list(decoded.batch), decoded.deadline_s)
-    return _encode_response(service, decoded, answers)
-
-
-def _encode_output(
-    name: str, binary: bool, answers: list[Answer]
-) -> tuple[dict, bytes]:
-    """One output's response entry and its raw bytes (empty unless binary)."""
-    if name == "output":
-        # (batch, *out); a single answer needs no copy
-        if len(answers) == 1:
-            tensor = answers[0].output[None]
-        else:
-            tensor = np.stack([a.output for a in answers])
-        tensor = tensor.astype("<f4", copy=False)
-        entry = {"name": name, "datatype": "FP32", "shape": list(tensor.shape)}
-        if not binary:
-            return {**entry, "data": tensor.ravel().tolist()}, b""
-        raw = tensor.tobytes()
-    else:
-        flags = [getattr(a, name) for a in answers]
-        entry = {"name": name, "datatype": "BOOL", "shape": [len(flags)]}
-        if not binary:
-            return {**entry, "data": flags}, b""
-        raw = bytes(flags)  # BOOL is one byte per element
-    return {**entry, "parameters": {"binary_data_size": len(raw)}}, raw
+    answers = await model.service.run(list(decoded.batch), decoded.deadline_s)
+    return _encode_response(model, decoded, answers)
 
 
 def _encode_response(
-    service: Service, decoded: InferRequest, answers: list[Answer]
+    model: ModelSpec, decoded: InferRequest, answers: list[Answer]
 ) -> web.Response:
+    n = len(answers)
+    # (batch, *out); a single answer needs no copy
+    if n == 1:
+        tensor = answers[0].output[None]
+    else:
+        tensor = np.stack([a.output for a in answers])
+    tensor = tensor.astype("<f4", copy=False)
+    flags = {
+        "reconstructed": [a.reconstructed for a in answers],
+        "default": [a.default for a in answers],
+    }
     outputs, chunks = [], []
     for name, binary in decoded.outputs:
-        entry, raw = _encode_output(name, binary, answers)
+        entry: dict[str, Any]
+        if name == "output":
+            entry = {"name": name, "datatype": "FP32", "shape": list(tensor.shape)}
+            if binary:
+                chunks.append(tensor.tobytes())
+            else:
+                entry["data"] = tensor.ravel().tolist()
+        else:
+            entry = {"name": name, "datatype": "BOOL", "shape": [n]}
+            if binary:
+                chunks.append(bytes(flags[name]))  # BOOL is one byte per element
+            else:
+                entry["data"] = flags[name]
+        if binary:
+            entry["parameters"] = {"binary_data_size": len(chunks[-1])}
         outputs.append(entry)
-        if raw:
-            chunks.append(raw)
     doc: dict[str, Any] = {
-        "model_name": service.settings.model_name,
+        "model_name": model.name,
         "model_version": VERSION,
         "parameters": {
-            "reconstructed_count": sum(a.reconstructed for a in answers),
-            "default_count": sum(a.default for a in answers),
+            "reconstructed_count": sum(flags["reconstructed"]),
+            "default_count": sum(flags["default"]),
         },
         "outputs": outputs,
     }
     if decoded.id is not None:
         doc["id"] = decoded.id
     header = orjson.dumps(doc)
-    if not any(binary for _, binary in decoded.outputs):
+    if not chunks:
         return web.Response(body=header, content_type="application/json")
     return web.Response(
         body=b"".join([header, *chunks]),
@@ -510,10 +693,15 @@ def _encode_response(
 
 def add_routes(app: web.Application) -> None:
     """Add the v2 routes to ``app`` (made by ``make_app``)."""
+    app[MODEL] = ModelSpec.of(app[SERVICE])
     app.router.add_get("/v2/health/live", live)
     app.router.add_get("/v2/health/ready", ready)
     app.router.add_get("/v2", server_metadata)
-    for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+    bases = ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
+    # the router tries the routes under /v2/models in the order they were
+    # added: inference first, so its requests match on the first try
+    for base in bases:
+        app.router.add_post(f"{base}/infer", infer)
+    for base in bases:
         app.router.add_get(base, model_metadata)
         app.router.add_get(f"{base}/ready", model_ready)
-        app.router.add_post(f"{base}/infer", infer)
