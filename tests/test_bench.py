@@ -63,6 +63,15 @@ def test_bad_bench_and_slowdown_settings() -> None:
     with pytest.raises(ConfigError, match="slow_factor must be >= 1"):
         SlowdownConfig(slow_factor=0.5)
 
+    # a sweep config's values arrive from TOML as they were written
+    with pytest.raises(ConfigError, match="reconstruct_after_s must be a number"):
+        BenchConfig(reconstruct_after_s="8ms")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="rate_qps must be a number, got True"):
+        BenchConfig(rate_qps=True)
+    with pytest.raises(ConfigError, match="m must be an integer, got 2.5"):
+        BenchConfig(m=2.5)  # type: ignore[arg-type]
+    assert BenchConfig(rate_qps=100).rate_qps == 100
+
 
 async def test_drive_measures_from_scheduled_arrival() -> None:
     # one instance taking 20 ms per query at 100 q/s: latencies include queueing

@@ -103,7 +103,29 @@ def test_user_errors_are_one_line_without_traceback(
         ),
         (
             ["bench", "/nonexistent", "--reconstruct-after-ms", "inf"],
-            "reconstruct_after_s must be a finite number >= 0",
+            "--reconstruct-after-ms must be a finite number >= 0, got inf",
+        ),
+        (
+            [
+                "bench",
+                "/nonexistent",
+                "--modes",
+                "equal",
+                "--reconstruct-after-ms",
+                "8",
+            ],
+            "--reconstruct-after-ms applies to mode coded only",
+        ),
+        (
+            ["serve", "/nonexistent", "--mode", "equal", "--reconstruct-after-ms", "8"],
+            "--reconstruct-after-ms applies to --mode coded only, not equal",
+        ),
+        # fresh-user test: options beside --config were silently ignored
+        (
+            ["bench", "/nonexistent", "--config", str(CONFIGS / "grace_sweep.toml")]
+            + ["--rate", "9", "--reconstruct-after-ms", "-5"],
+            "with --config, set --rate, --reconstruct-after-ms in the config's "
+            "[bench] table instead",
         ),
         # with --config, BUNDLE replaces the config's bundle (it was ignored)
         (

@@ -211,11 +211,13 @@ async def test_timeout_ms_is_the_deadline_and_gives_the_default_answer() -> None
         resp = await client.post("/infer?timeout_ms=-3", json={"input": [1, 2, 3, 4]})
         assert resp.status == 400
         assert (
-            "timeout_ms must be a finite number > 0, got -3.0"
+            "timeout_ms must be a finite number > 0, got '-3'"
             in (await resp.json())["error"]
         )
         resp = await client.post("/infer?timeout_ms=soon", json={"input": [1, 2, 3, 4]})
         assert resp.status == 400
+        # named as sent (fresh-user test: it said "got nan")
+        assert "got 'soon'" in (await resp.json())["error"]
 
 
 async def test_default_deadline_applies_when_the_request_names_none() -> None:

@@ -286,6 +286,13 @@ async def test_binary_data_output_makes_every_output_binary(client: TestClient) 
             400,
             "timeout_ms must be a finite number > 0",
         ),
+        # JSON parameters are numbers; only a query string holds text
+        (
+            {"inputs": [tensor(X)], "parameters": {"timeout_ms": "5"}},
+            {},
+            400,
+            "parameter timeout_ms must be a number > 0, got '5'",
+        ),
         (
             {"inputs": [tensor(X)], "parameters": {"timeout": True}},
             {},

@@ -374,6 +374,7 @@ def evaluate(
 
 @app.command()
 def bench(
+    ctx: typer.Context,
     bundle: Annotated[
         Path | None,
         typer.Argument(
@@ -394,7 +395,13 @@ def bench(
     ] = "coded,equal",
     rate: Annotated[float, typer.Option(help="Offered load, queries/s.")] = 300.0,
     duration: Annotated[float, typer.Option(help="Seconds of load per mode.")] = 30.0,
-    warmup: float = 3.0,
+    warmup: Annotated[
+        float,
+        typer.Option(
+            help="Seconds at the start of --duration whose queries are served "
+            "but not counted."
+        ),
+    ] = 3.0,
     slowdown: Annotated[
         str,
         typer.Option(
@@ -451,11 +458,29 @@ def bench(
     from learncc.bench.run import BenchConfig, run_comparison, summary
 
     _setup_logging(quiet)
+    given = _given_options(ctx)
     if config is not None:
-        _bench_sweep(config, out, quiet, bundle)
+        # a sweep takes its settings from the file; an option that did nothing
+        # would pass for one that did (fresh-user test)
+        ignored = [
+            f for name, f in given.items() if name not in ("out", "quiet", "config")
+        ]
+        if ignored:
+            raise ConfigError(
+                f"with --config, set {', '.join(ignored)} in the config's [bench] "
+                "table instead (only BUNDLE, --out and --quiet apply to a sweep)"
+            )
+        _bench_sweep(config, out if "out" in given else None, quiet, bundle)
         return
     if bundle is None:
         raise ConfigError("give a bundle directory, or a sweep with --config FILE")
+    if not 0 <= reconstruct_after_ms < float("inf"):
+        raise ConfigError(
+            "--reconstruct-after-ms must be a finite number >= 0, got "
+            f"{reconstruct_after_ms}"
+        )
+    if reconstruct_after_ms > 0 and "coded" not in _csv(modes):
+        raise ConfigError("--reconstruct-after-ms applies to mode coded only")
     cfg = BenchConfig(
         modes=_csv(modes),
         rate_qps=rate,
@@ -497,8 +522,20 @@ def bench(
     )
 
 
+def _given_options(ctx: typer.Context) -> dict[str, str]:
+    """The options set on the command line, name -> flag."""
+    # by name: typer bundles its own click, whose classes are not click's
+    return {
+        p.name: p.opts[0]
+        for p in ctx.command.params
+        if p.name
+        and p.param_type_name == "option"
+        and getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE"
+    }
+
+
 def _bench_sweep(
-    config_path: Path, out: Path, quiet: bool, bundle: Path | None
+    config_path: Path, out: Path | None, quiet: bool, bundle: Path | None
 ) -> None:
     from learncc.bench.sweep import load_config, plot_sweep, run_sweep
     from learncc.bundle import load_bundle
@@ -517,13 +554,17 @@ def _bench_sweep(
         )
         config["bundle"] = str(bundle.resolve())
     _serving_threads()
-    out = Path(config.get("out", out))
+    # --out wins, so that the same sweep on another bundle does not overwrite
+    # the config's results
+    out = out if out is not None else Path(config.get("out", "runs/bench"))
     result = run_sweep(config, progress=not quiet)
     param = result["param"]
     table = Table(title=f"sweep of {param} ({config_path.name})")
     columns = (param, "mode", "p50 ms", "p99 ms", "p99.9 ms", "n", "reconstructed")
     for col in (*columns, "served top-1"):
-        table.add_column(col, justify="right")
+        # fold, not cut: "reconstruct_after_s" and "reconstructed" both cut
+        # to "reconstr…" at 80 columns (fresh-user test)
+        table.add_column(col, justify="right", overflow="fold")
     for row in result["rows"]:
         for mode, r in row["latency_ms"].items():
             top1 = r.get("top1")
@@ -797,6 +838,10 @@ def _check_serve_options(
             raise ConfigError(
                 f"{flag} must be a finite number {relation} {low:g}, got {value}"
             )
+    if reconstruct_after_ms > 0 and mode != "coded":
+        raise ConfigError(
+            f"--reconstruct-after-ms applies to --mode coded only, not {mode}"
+        )
     if max_pending < 1:
         raise ConfigError(f"--max-pending must be >= 1, got {max_pending}")
     if max_body_bytes < 1024:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from bisect import bisect_right
@@ -58,6 +59,20 @@ class BenchConfig:
     slowdown_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # a sweep config is TOML: "8ms" or true must not reach a comparison
+        # (a TypeError) or pass as a number (true is 1); fresh-user test
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = {"float": (int, float), "int": (int,)}.get(str(f.type))
+            if kind is not None and (
+                isinstance(value, bool) or not isinstance(value, kind)
+            ):
+                what = "an integer" if f.type == "int" else "a number"
+                raise ConfigError(f"{f.name} must be {what}, got {value!r}")
+        if not isinstance(self.modes, (tuple, list)) or not all(
+            isinstance(m, str) for m in self.modes
+        ):
+            raise ConfigError(f"modes must be a list of names, got {self.modes!r}")
         bad = [m for m in self.modes if m not in MODES]
         if bad or not self.modes:
             raise ConfigError(f"unknown modes {bad}; choose from {', '.join(MODES)}")

@@ -258,15 +258,17 @@ class Service:
         """
         if value is None:
             return None
-        if isinstance(value, str):
+        sent = value  # named as sent in the error, not as parsed
+        if isinstance(value, str) and name.startswith("query parameter"):
+            # a query string holds text; a JSON parameter must be a number
             try:
                 value = float(value)
             except ValueError:
                 value = math.nan
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise HttpError(400, f"{name} must be a number > 0, got {value!r}")
+            raise HttpError(400, f"{name} must be a number > 0, got {sent!r}")
         if not (math.isfinite(value) and value > 0):
-            raise HttpError(400, f"{name} must be a finite number > 0, got {value!r}")
+            raise HttpError(400, f"{name} must be a finite number > 0, got {sent!r}")
         return float(value) * scale_s
 
 
