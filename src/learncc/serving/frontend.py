@@ -348,6 +348,12 @@ class Frontend:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    @property
+    def answered(self) -> int:
+        """Queries answered so far: ``statistics().answered``, read without
+        building the statistics (for per-result probes)."""
+        return self._counts["answered"]
+
     def statistics(self) -> Statistics:
         return Statistics(
             **self._counts,
