@@ -797,7 +797,7 @@ def _check_serve_options(
     drain_timeout: float,
     max_abs_input: float,
     body_timeout: float,
-    reconstruct_after_ms: float = 0.0,
+    reconstruct_after_ms: float,
 ) -> None:
     """Check `learncc serve`'s options; the messages name the flags.
 

@@ -250,8 +250,11 @@ class Service:
             _check_finite(answer, i)
         return answers
 
-    def deadline_from(self, value: Any, *, name: str, scale_s: float) -> float | None:
-        """Parse a per-request deadline given in units of ``scale_s`` seconds.
+    def deadline_from(
+        self, value: Any, *, name: str, scale_s: float, text: bool = False
+    ) -> float | None:
+        """Parse a per-request deadline given in units of ``scale_s`` seconds;
+        with ``text`` (a query string) from a string, else (JSON) a number.
 
         Raises:
             HttpError: 400 unless ``value`` is None or a finite number > 0.
@@ -259,8 +262,7 @@ class Service:
         if value is None:
             return None
         sent = value  # named as sent in the error, not as parsed
-        if isinstance(value, str) and name.startswith("query parameter"):
-            # a query string holds text; a JSON parameter must be a number
+        if text and isinstance(value, str):
             try:
                 value = float(value)
             except ValueError:
@@ -590,7 +592,10 @@ async def infer(request: web.Request) -> web.Response:
             f"send JSON (Content-Type: application/json), not {request.content_type!r}",
         )
     deadline_s = service.deadline_from(
-        request.query.get("timeout_ms"), name="query parameter timeout_ms", scale_s=1e-3
+        request.query.get("timeout_ms"),
+        name="query parameter timeout_ms",
+        scale_s=1e-3,
+        text=True,
     )
     body = await read_body(request)
     try:
