@@ -26,8 +26,14 @@ class FakeBackend:
         backup_instances: int = 0,
         backup_weights: np.ndarray | None = None,
         delay_s: Callable[[str, int, int], float | None] = lambda role, i, tag: 0.001,
+        encoder: Any = None,
     ) -> None:
         self.weights = weights.astype(np.float32)
+        # with an encoder, parity instances encode (Backend.parity_encodes):
+        # a parity query arrives as its group's k inputs
+        self.encoder = encoder
+        self.parity_encodes = encoder is not None
+        self.groups: list[list[np.ndarray]] = []  # what parity instances received
         self.counts = {
             DATA: data_instances,
             PARITY: parity_instances,
@@ -50,11 +56,15 @@ class FakeBackend:
     def send(self, role: str, index: int, tag: int, x: np.ndarray) -> None:
         self.sent.append((role, index, tag))
         delay = self.delay_s(role, index, tag)
+        # a query that never answers still occupies its instance
+        self.depths[(role, index)] = self.depths.get((role, index), 0) + 1
         if delay is None:
             return
+        if isinstance(x, list):
+            self.groups.append(x)
+            x = self.encoder.encode_numpy(np.stack(x)[None])[0, index % self.encoder.r]
         weights = self.backup_weights if role == BACKUP else self.weights
         output = weights @ x.reshape(-1)
-        self.depths[(role, index)] = self.depths.get((role, index), 0) + 1
         self.timers.append(
             self.loop.call_later(delay, self._deliver, role, index, tag, output)
         )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,55 @@ async def test_drive_measures_from_scheduled_arrival() -> None:
     assert result.reconstructed == 0 and len(result.latencies_ms) == result.n
 
 
+async def test_probe_times_a_flush_from_its_own_window() -> None:
+    """A flush-sealed group whose one member answered before the flush sends
+    no parity; the next group's flush lateness is still timed from that
+    group's own opening (once it was timed from the earlier one: a 100 ms
+    lateness that never happened, replayed by the simulator as a stall)."""
+    from learncc.bench.run import OverheadProbe
+    from learncc.codes import CodeConfig, make_code
+    from learncc.serving import Coding
+    from learncc.serving.deploy import Deployment
+
+    W = np.eye(2, dtype=np.float32)
+    # query 0 answers in 1 ms, before its group's 20 ms flush; query 1 is slow,
+    # so its group's parity goes out at the flush and reconstructs it
+    backend = FakeBackend(
+        W,
+        data_instances=2,
+        parity_instances=1,
+        delay_s=lambda role, i, tag: 1.0 if (role, tag) == ("data", 1) else 0.001,
+    )
+    enc, dec = make_code(CodeConfig(k=2, r=1, encoder="addition"), (2,))
+    fill = np.zeros(2, np.float32)
+    frontend = Frontend(
+        backend,
+        input_shape=(2,),
+        coding=Coding(enc, dec, fill, W @ fill),
+        flush_timeout_s=0.02,
+    )
+    cfg = BenchConfig(modes=("coded",), flush_timeout_s=0.02, service_ms=1)
+    async with frontend:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        probe = OverheadProbe(
+            frontend,
+            Deployment("coded", 2, 1),
+            preset("none"),
+            cfg,
+            np.array([start, start + 0.1]),
+            start,
+        )
+        first = await frontend.infer(np.ones(2, np.float32))
+        await asyncio.sleep(0.1 - (loop.time() - start))
+        second = await frontend.infer(np.full(2, 2.0, np.float32))
+    assert not first.reconstructed and second.reconstructed
+    assert sum(role == "parity" for role, _, _ in backend.sent) == 1
+    assert len(probe.samples["flush"]) == 1 and not probe.samples["encode"]
+    assert probe.samples["flush"][0] < 15  # ms late; the stale opening gave ~100
+    assert probe.samples["flush_at"][0] == pytest.approx(0.12, abs=0.015)
+
+
 @pytest.mark.parametrize(
     "path",
     sorted((Path(__file__).parent.parent / "configs").glob("*.toml")),
@@ -105,3 +155,48 @@ def test_shipped_sweep_configs_are_valid_for_every_value(path: Path) -> None:
         # each value's run (every mode, warm-up included) fits the issue's
         # 10-minute budget per config with room for start-up
         assert cfg.duration_s * len(cfg.modes) * len(values) <= 480
+
+
+@pytest.mark.slow
+async def test_cpu_comparison_interleaves_modes_over_the_same_slices(
+    digits_bundle: Path,
+) -> None:
+    from learncc.bench.cpu import compare_cpu
+
+    result = await compare_cpu(
+        digits_bundle,
+        ("equal", "coded"),
+        rate_qps=100,
+        slices=2,
+        slice_s=0.3,
+        m=2,
+        service_ms=2,
+        progress=False,
+    )
+    equal, coded = result["modes"]["equal"], result["modes"]["coded"]
+    assert equal["queries"] == coded["queries"] > 0  # the same traces
+    assert len(equal["slices_us"]) == len(coded["slices_us"]) == 2
+    assert equal["ratio"] == 1.0 and coded["cpu_us_per_query"] > 0
+    assert coded["ratio"] == pytest.approx(
+        coded["cpu_us_per_query"] / equal["cpu_us_per_query"]
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"modes": ("coded",)}, "two or more distinct modes"),
+        ({"modes": ("coded", "coded")}, "two or more distinct modes"),
+        ({"rate_qps": 0}, "rate_qps > 0"),
+        ({"slices": 1}, "slices >= 2"),
+        ({"slowdown": "nope"}, "nope"),
+    ],
+)
+async def test_cpu_comparison_refuses_bad_settings_before_starting(
+    kwargs: dict, message: str, tmp_path: Path
+) -> None:
+    from learncc.bench.cpu import compare_cpu
+    from learncc.errors import LearnccError
+
+    with pytest.raises(LearnccError, match=message):
+        await compare_cpu(tmp_path / "no-bundle", **kwargs)

@@ -133,6 +133,32 @@ async def test_partial_group_is_flushed_with_the_fill_query() -> None:
     np.testing.assert_allclose(answer.output, W @ x, rtol=1e-4, atol=1e-5)
 
 
+async def test_instances_that_encode_get_the_groups_inputs_fill_included() -> None:
+    # query 1 never answers; its group is full, the next one partial (query 2
+    # alone and slow, completed with the fill input at the flush timeout)
+    code = coding()
+    slow = {("data", 1): None, ("data", 2): 5.0}
+    backend = FakeBackend(
+        W,
+        data_instances=4,
+        parity_instances=2,
+        delay_s=lambda role, i, tag: slow.get((role, tag), 0.001),
+        encoder=code.encoder,
+    )
+    frontend = Frontend(backend, input_shape=(IN,), coding=code, flush_timeout_s=0.01)
+    async with frontend:
+        xs = queries(3)
+        answers = await asyncio.gather(*(frontend.infer(x) for x in xs))
+    assert [a.reconstructed for a in answers] == [False, True, True]
+    for i in (1, 2):
+        np.testing.assert_allclose(answers[i].output, W @ xs[i], rtol=1e-4, atol=1e-5)
+    assert len(backend.groups) == 2
+    np.testing.assert_array_equal(np.stack(backend.groups[0]), np.stack(xs[:2]))
+    np.testing.assert_array_equal(
+        np.stack(backend.groups[1]), np.stack([xs[2], code.fill_input])
+    )
+
+
 async def test_partial_group_waits_its_own_flush_timeout() -> None:
     # a window that filled earlier leaves the flush timer running; a later
     # partial window must still get its full flush_timeout_s

@@ -32,11 +32,21 @@ async def hang(frontend, role: str, index: int) -> None:
     await frontend.backend.configure(role, index, {"schedule": spec, "t0": 0.0})
 
 
+@pytest.mark.parametrize("parity_encodes", [True, False], ids=["instance", "frontend"])
 async def test_coded_answers_match_f_and_reconstruction_matches_decoder(
-    digits_bundle: Path,
+    digits_bundle: Path, parity_encodes: bool
 ) -> None:
+    """Encoded at the parity instance (the local default) or in the frontend,
+    a reconstruction is the decoder on the parity model's output."""
     bundle = load_bundle(digits_bundle)
-    frontend, shape = deployment(digits_bundle, "coded", m=2, flush_timeout_s=1.0)
+    frontend, shape = deployment(
+        digits_bundle,
+        "coded",
+        m=2,
+        flush_timeout_s=1.0,
+        parity_encodes=parity_encodes,
+    )
+    assert frontend.backend.parity_encodes is parity_encodes
     assert (shape.data_instances, shape.parity_instances) == (2, 1)
     xs = digits_inputs(8)
     async with frontend:

@@ -83,7 +83,8 @@ def coding_from_bundle(bundle: Bundle) -> Coding:
     return Coding(
         encoder=bundle.encoder,
         decoder=bundle.decoder,
-        fill_input=bundle.fill_input.numpy(),
+        # contiguous float32: instances that encode take its bytes as they are
+        fill_input=np.ascontiguousarray(bundle.fill_input.numpy(), np.float32),
         fill_output=bundle.fill_output.numpy(),
         max_abs_output=None if bound is None else RECONSTRUCTION_SLACK * bound,
     )
@@ -108,6 +109,7 @@ def deployment(
     backend: str = "local",
     ray_address: str | None = None,
     num_gpus: float = 0.0,
+    parity_encodes: bool = True,
 ) -> tuple[Frontend, Deployment]:
     """A frontend over a backend for ``mode``; call ``start()`` on it.
 
@@ -130,6 +132,10 @@ def deployment(
             (Ray actors; see ``learncc.serving.ray_backend``).
         ray_address: Ray cluster to join; ``None`` starts a local one.
         num_gpus: GPUs per instance on Ray (fractional allowed).
+        parity_encodes: the local backend's parity instances encode their
+            group's k inputs (see ``LocalBackend``); False: the frontend
+            encodes. On Ray the frontend always encodes, sending 1/k of the
+            bytes across machines.
 
     Raises:
         BundleError: the bundle cannot be loaded.
@@ -181,6 +187,7 @@ def deployment(
             per_item_ms=per_item_ms,
             max_batch=max(max_batch, batch_size),
             noop=noop,
+            parity_encodes=parity_encodes,
         )
     frontend = Frontend(
         instances,

@@ -434,6 +434,9 @@ class RayBackend:
         self.bundle = str(Path(bundle).resolve())
         # no backup instances (mode cheap) on Ray yet
         self.counts = {DATA: data_instances, PARITY: parity_instances, BACKUP: 0}
+        # the frontend encodes: across machines one parity input is 1/k of
+        # the bytes of a group's inputs (LocalBackend encodes at the instance)
+        self.parity_encodes = False
         self.service_ms, self.per_item_ms = service_ms, per_item_ms
         self.max_batch = max_batch
         self.address, self.num_gpus, self.num_cpus = address, num_gpus, num_cpus

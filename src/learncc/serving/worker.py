@@ -43,15 +43,29 @@ def load_model(spec: dict[str, Any]) -> tuple[Any, tuple[int, ...]]:
 
     torch.set_num_threads(1)
     bundle = load_bundle(spec["bundle"])
+    # a parity instance that encodes takes its group's k inputs per query
+    encodes = spec["role"] == "parity" and bool(spec.get("encode"))
+    input_shape = bundle.input_shape
+    if encodes:
+        input_shape = (bundle.code.k, *input_shape)
     if spec.get("noop"):
         out_shape = tuple(bundle.fill_output.shape)
         return (
             lambda batch: np.zeros((len(batch), *out_shape), np.float32)
-        ), bundle.input_shape
+        ), input_shape
     if spec["role"] == "data":
         model = bundle.base
     elif spec["role"] == "parity":
         model = bundle.parity[spec["index"]]
+        if encodes:
+            encoder, row = bundle.encoder, spec["index"]
+
+            @torch.inference_mode()
+            def run_encoding(batch: np.ndarray) -> np.ndarray:
+                x = torch.from_numpy(encoder.encode_numpy(batch)[:, row])
+                return model(x).numpy().astype(np.float32, copy=False)
+
+            return run_encoding, input_shape
     else:
         model = getattr(bundle, "backup", None)
         if model is None:

@@ -1,0 +1,178 @@
+"""Frontend CPU per query of several modes at one rate, measured side by side.
+
+``learncc bench`` runs its modes one after another, so a CPU ratio between
+two of them also holds whatever the machine did in between: on our shared
+2-core machines single pairs of runs put coded/equal anywhere from 0.92 to
+2.05 on the same code (issue 3). Here every mode's deployment is up at
+once and the load alternates between them in short slices, each mode
+taking every slice's trace in turn (the order rotating), so that a slow
+stretch of the machine falls on all of them alike. Each mode's CPU per
+query is the total over its slices; the per-slice ratios to the first mode
+show the spread.
+
+At a few hundred queries per second the frontend's CPU is mostly waking
+up: each wake-up from a blocking ``select`` costs it tens of microseconds
+on these VMs, far more than the Python it then runs, and its caches are cold
+after every worker process that ran in between. So this measures the cost
+of the work coding adds under realistic load, which the in-process
+throughput bench (``learncc.bench.throughput``, hot caches, no waiting)
+cannot.
+
+Run: ``python -m learncc.bench.cpu BUNDLE [--modes equal,coded] [--rate 300]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from learncc.bench.loadgen import drive, poisson_trace
+from learncc.bench.run import _test_inputs, apply_slowdowns
+from learncc.bundle import load_bundle
+from learncc.errors import ConfigError, LearnccError
+from learncc.serving.deploy import MODES, deployment
+from learncc.serving.slowdown import preset
+
+
+async def compare_cpu(
+    bundle_path: str | Path,
+    modes: tuple[str, ...] = ("equal", "coded"),
+    *,
+    rate_qps: float = 300.0,
+    slices: int = 20,
+    slice_s: float = 2.0,
+    m: int = 4,
+    service_ms: float = 5.0,
+    slowdown: str = "none",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Every mode's frontend CPU per query, its slices interleaved with the
+    others' (see the module docstring).
+
+    Returns ``{"modes": {mode: {"cpu_us_per_query", "slices_us",
+    "ratio_median", "ratio_p25", "ratio_p75", "queries"}}, ...settings}``;
+    ratios are per slice against ``modes[0]``'s CPU in the same slice.
+
+    Raises:
+        ConfigError: a setting is out of range or a mode is given twice.
+        UnknownNameError: an unknown mode or slowdown.
+        BundleError: the bundle cannot be loaded.
+    """
+    if len(modes) < 2 or len(set(modes)) != len(modes):
+        raise ConfigError(f"give two or more distinct modes, got {list(modes)}")
+    if not rate_qps > 0 or not slice_s > 0 or slices < 2:
+        raise ConfigError(
+            "need rate_qps > 0, slice_s > 0 and slices >= 2, got "
+            f"{rate_qps}, {slice_s} and {slices}"
+        )
+    shaped = preset(slowdown)  # refuses an unknown name before anything starts
+    bundle = load_bundle(bundle_path)
+    pool, _ = _test_inputs(bundle)
+    frontends = {}
+    try:
+        for mode in modes:
+            frontends[mode] = deployment(bundle, mode, m=m, service_ms=service_ms)
+            await frontends[mode][0].start()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for frontend, shape in frontends.values():
+            await apply_slowdowns(
+                frontend, shape, shaped, start, slices * slice_s * len(modes), seed
+            )
+        per_slice = {mode: [] for mode in modes}
+        queries = dict.fromkeys(modes, 0)
+        bar = tqdm(total=slices * len(modes), desc="slices", disable=not progress)
+        for s in range(slices):
+            trace = poisson_trace(
+                rate_qps=rate_qps, duration_s=slice_s, pool=len(pool), seed=seed + s
+            )
+            for mode in modes[s % len(modes) :] + modes[: s % len(modes)]:
+                result = await drive(frontends[mode][0], trace, pool)
+                per_slice[mode].append(result.frontend_cpu_us_per_query)
+                queries[mode] += len(trace.arrivals_s)
+                bar.update(1)
+        bar.close()
+    finally:
+        for frontend, _ in frontends.values():
+            await frontend.close()
+    base = np.asarray(per_slice[modes[0]])
+    out: dict[str, Any] = {}
+    for mode in modes:
+        values = np.asarray(per_slice[mode])
+        ratios = values / base
+        out[mode] = {
+            "cpu_us_per_query": float(values.mean()),
+            "ratio": float(values.mean() / base.mean()),
+            "ratio_median": float(np.median(ratios)),
+            "ratio_p25": float(np.percentile(ratios, 25)),
+            "ratio_p75": float(np.percentile(ratios, 75)),
+            "queries": queries[mode],
+            "slices_us": values.tolist(),
+        }
+    return {
+        "modes": out,
+        "rate_qps": rate_qps,
+        "slices": slices,
+        "slice_s": slice_s,
+        "m": m,
+        "service_ms": service_ms,
+        "slowdown": slowdown,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("bundle", type=Path)
+    parser.add_argument(
+        "--modes",
+        default="equal,coded",
+        help=f"comma-separated, from {', '.join(MODES)}; ratios are to the first",
+    )
+    parser.add_argument("--rate", type=float, default=300.0, help="queries/s")
+    parser.add_argument("--slices", type=int, default=20, help="slices per mode")
+    parser.add_argument("--slice-s", type=float, default=2.0, help="s per slice")
+    parser.add_argument("--m", type=int, default=4, help="data instances of coded")
+    parser.add_argument("--service-ms", type=float, default=5.0)
+    parser.add_argument("--slowdown", default="none", help="a slowdown preset")
+    parser.add_argument("--out", type=Path, help="write the results here as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        result = asyncio.run(
+            compare_cpu(
+                args.bundle,
+                tuple(filter(None, (m.strip() for m in args.modes.split(",")))),
+                rate_qps=args.rate,
+                slices=args.slices,
+                slice_s=args.slice_s,
+                m=args.m,
+                service_ms=args.service_ms,
+                slowdown=args.slowdown,
+                progress=not args.quiet,
+            )
+        )
+    except LearnccError as e:
+        sys.exit(f"error: {e}")
+    first = next(iter(result["modes"]))
+    print(f"frontend CPU per query at {args.rate:g} q/s, ratios to {first}:")
+    for mode, r in result["modes"].items():
+        print(
+            f"  {mode:>9}: {r['cpu_us_per_query']:6.0f} us  {r['ratio']:.3f}x "
+            f"(per slice: median {r['ratio_median']:.3f}, "
+            f"IQR {r['ratio_p25']:.3f}-{r['ratio_p75']:.3f})"
+        )
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
