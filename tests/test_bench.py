@@ -200,3 +200,27 @@ async def test_cpu_comparison_refuses_bad_settings_before_starting(
 
     with pytest.raises(LearnccError, match=message):
         await compare_cpu(tmp_path / "no-bundle", **kwargs)
+
+
+def test_sweep_plot_has_latency_and_answer_panels(tmp_path: Path) -> None:
+    import matplotlib.image
+
+    from learncc.bench.sweep import plot_sweep
+
+    def mode(p50: float, reconstructed: int, top1: float | None) -> dict:
+        return {"p50": p50, "p99": 3 * p50, "p999": 9 * p50, "n": 100,
+                "reconstructed": reconstructed, "errors": 1, "top1": top1}  # fmt: skip
+
+    result = {
+        "param": "reconstruct_after_s",
+        "rows": [
+            {
+                "value": v,
+                "latency_ms": {"coded": mode(6, r, 0.97), "equal": mode(6, 0, None)},
+            }
+            for v, r in ((0.0, 19), (0.008, 4))
+        ],
+    }
+    path = plot_sweep(result, tmp_path / "sweep.png", title="grace")
+    height, width, _ = matplotlib.image.imread(path).shape
+    assert (width, height) == (1540, 880)  # 2 x 3 panels at 14 x 8 in, 110 dpi

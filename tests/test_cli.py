@@ -241,6 +241,7 @@ def test_bench_bundle_replaces_the_config_bundle(
     )
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["rows"][0]["latency_ms"]["none"]["n"] > 0
+    assert (tmp_path / "out" / "sweep.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow

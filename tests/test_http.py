@@ -104,20 +104,46 @@ async def test_model_and_health_describe_the_server(client: TestClient) -> None:
             400,
             r"shape \(3,\) does not match the model's input \(1, 2, 2\)",
         ),
-        (b'{"input": [[1, 2], [3]]}', 400, "rectangular nested list"),
-        (b'{"input": "abcd"}', 400, "must be a nested list of numbers"),
-        (b'{"input": true}', 400, "must be a nested list of numbers"),
+        (
+            b'{"input": [[1, 2], [3]]}',
+            400,
+            r"rectangular nested list: input\[1\] has 1 elements where input\[0\]",
+        ),
+        (b'{"input": [[1, 2], 3]}', 400, r"input\[1\] is 3 where its siblings"),
+        (b'{"input": "abcd"}', 400, "must be a nested list of numbers, got str"),
+        (b'{"input": true}', 400, "must be a nested list of numbers, got bool"),
+        (b'{"input": null}', 400, "must be a nested list of numbers, got null"),
         # fresh-user finding: these were converted and answered 200
-        (b'{"input": ["1.5", 2, 3, 4]}', 400, r"no strings, booleans or null"),
-        (b'{"input": [1, null, 3, 4]}', 400, r"no strings, booleans or null"),
-        (b'{"input": [[1, 2], [true, 4]]}', 400, "got true or false in it"),
-        (b'{"inputs": [[1, 2, 3, 4], [0, false, 0, 0]]}', 400, "true or false"),
+        (b'{"input": ["1.5", 2, 3, 4]}', 400, r'got "1.5" at input\[0\]'),
+        (b'{"input": [1, null, 3, 4]}', 400, r"or null\); got null at input\[1\]"),
+        (b'{"input": [[1, 2], [true, 4]]}', 400, r"got true at input\[1\]\[0\]"),
+        (
+            b'{"inputs": [[1, 2, 3, 4], [0, false, 0, 0]]}',
+            400,
+            r"got false at inputs\[1\]\[1\]",
+        ),
+        # beyond int64: NumPy makes an object array of it, once called a string
+        (
+            b'{"input": [1, 2, 3, 100000000000000000000000000000]}',
+            400,
+            r"'input' holds 1e\+29 at \[3\], beyond \+-1e\+06",
+        ),
+        (
+            b'{"inputs": [[1, 2, 3, 4], [1, 2, 3]]}',
+            400,
+            r"'inputs\[1\]': query shape \(3,\)",
+        ),
+        (
+            b'{"input": [1, 2, 3, 4], "timeout_ms": 5}',
+            400,
+            r"unknown field\(s\) \['timeout_ms'\].*query string",
+        ),
         (b'{"input": [1, 2, 3, 1e999]}', 400, "infinity"),
         # finite but huge: F's outputs would overflow (fresh-user test)
         (
             b'{"input": [1, 2, 3, 3e38]}',
             400,
-            r"'input' holds values beyond \+-1e\+06 \(the server's max_abs_input\)",
+            r"'input' holds 3e\+38 at \[3\], beyond \+-1e\+06 \(the server's max_abs",
         ),
         (b'{"inputs": [[1, 2, 3, 4], [0, 0, 0, -2e6]]}', 400, "beyond"),
         (b'{"input": [1, 2, 3, NaN]}', 400, "malformed JSON"),
@@ -425,6 +451,31 @@ async def test_shutdown_does_not_wait_for_a_stalled_body() -> None:
     answer = await asyncio.wait_for(reader.read(), 5)
     assert answer.startswith(b"HTTP/1.1 503 ") and b"shutting down" in answer
     await _close(writer)
+
+
+async def test_a_malformed_request_is_a_400_and_one_warning_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = HttpServer(frontend_of(), port=0)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(
+            b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: abc\r\n\r\n{}"
+        )
+        with caplog.at_level(logging.WARNING, logger="aiohttp.server"):
+            answer = await asyncio.wait_for(reader.read(), 5)
+        await _close(writer)
+    finally:
+        await server.shutdown()
+    assert answer.startswith(b"HTTP/1.0 400 ") and b"Content-Length" in answer
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert len(records) == 1 and records[0].levelname == "WARNING"
+    assert records[0].exc_info is None
+    assert "refused a malformed request: Invalid character in Content-Length" in (
+        records[0].getMessage()
+    )
 
 
 async def test_metrics_count_outcomes_and_latency() -> None:

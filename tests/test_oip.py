@@ -232,7 +232,7 @@ async def test_binary_data_output_makes_every_output_binary(client: TestClient) 
             {"inputs": [tensor(X.astype(np.int64) + 2**24 + 1, "INT64")]},
             {},
             400,
-            "beyond \\+-2\\*\\*24",
+            r"INT64 input holds 16777217 at \[0\]\[0\]\[0\]\[0\], beyond \+-1e\+06",
         ),
         (
             {"inputs": [{**tensor(X, "INT32"), "data": [0.5] * 8}]},
@@ -250,20 +250,21 @@ async def test_binary_data_output_makes_every_output_binary(client: TestClient) 
             {"inputs": [{**tensor(X, "FP64"), "data": [1e300] * 8}]},
             {},
             400,
-            "beyond float32's range",
+            r"FP64 input holds 1e\+300 at \[0\]\[0\]\[0\]\[0\], beyond \+-1e\+06",
         ),
         # finite but huge: F's outputs would overflow (fresh-user test)
         (
             {"inputs": [{**tensor(X), "data": [3e38] * 8}]},
             {},
             400,
-            r"FP32 input holds values beyond \+-1e\+06 \(the server's max_abs_input\)",
+            r"FP32 input holds 3e\+38 at \[0\]\[0\]\[0\]\[0\], beyond \+-1e\+06 "
+            r"\(the server's max_abs_input\)",
         ),
         (
             {"inputs": [{**tensor(X, "INT64"), "data": [0] * 7 + [-2_000_000]}]},
             {},
             400,
-            r"INT64 input holds values beyond \+-1e\+06",
+            r"INT64 input holds -2000000 at \[1\]\[0\]\[1\]\[1\], beyond \+-1e\+06",
         ),
         (
             {"inputs": [tensor(X)], "outputs": [{"name": "logits"}]},
@@ -297,7 +298,7 @@ async def test_binary_data_output_makes_every_output_binary(client: TestClient) 
             {"inputs": [tensor(X)], "parameters": {"timeout": True}},
             {},
             400,
-            r"timeout \(microseconds\) must be a number > 0",
+            r"timeout \(microseconds\) must be a whole number > 0",
         ),
         (
             {"inputs": [tensor(X)]},
@@ -355,11 +356,16 @@ async def test_binary_sizes_must_add_up(client: TestClient) -> None:
     body, headers = binary_body(doc, nan.tobytes())
     resp = await client.post(INFER, data=body, headers=headers)
     assert resp.status == 400
-    assert (await resp.json())["error"] == "FP32 input holds NaN or infinity"
+    assert (await resp.json())["error"] == (
+        "FP32 input holds NaN or infinity (nan at [0][0][0][0])"
+    )
     body, headers = binary_body(doc, np.full_like(X, -3e38).tobytes())
     resp = await client.post(INFER, data=body, headers=headers)
     assert resp.status == 400
-    assert "FP32 input holds values beyond +-1e+06" in (await resp.json())["error"]
+    assert (
+        "FP32 input holds -3e+38 at [0][0][0][0], beyond +-1e+06"
+        in (await resp.json())["error"]
+    )
 
 
 # -- data that does not fit its declared datatype ------------------------------
@@ -618,6 +624,26 @@ async def test_timeout_parameters_set_the_deadline() -> None:
             assert out[0]["data"] == [1, 2, 3] and out[2]["data"] == [True], parameters
         stats = client.app[SERVICE].frontend.statistics()
         assert stats.defaulted == 2 and stats.timed_out == 0
+
+
+async def test_integers_float32_cannot_hold_are_refused_past_a_raised_bound() -> None:
+    # with the default bound (1e6) the bound refuses them first, naming the value
+    async with serving(frontend_of(), max_abs_input=1e9) as client:
+        doc = {"inputs": [tensor(X.astype(np.int64) + 2**24 + 1, "INT64")]}
+        body = await (await client.post(INFER, json=doc)).json()
+        assert "INT64 input holds values beyond +-2**24" in body["error"]
+
+
+@pytest.mark.parametrize("timeout", [1500.5, "20000", True, -5, 0])
+async def test_triton_timeout_must_be_whole_microseconds(timeout: Any) -> None:
+    async with serving(frontend_of()) as client:
+        doc = {"inputs": [tensor(X[:1])], "parameters": {"timeout": timeout}}
+        resp = await client.post(INFER, json=doc)
+        assert resp.status == 400
+        assert (
+            "parameter timeout (microseconds) must be a whole number > 0"
+            in (await resp.json())["error"]
+        )
 
 
 # -- the real tritonclient, against a server in a thread ----------------------

@@ -52,6 +52,7 @@ async def compare_cpu(
     service_ms: float = 5.0,
     slowdown: str = "none",
     seed: int = 0,
+    parity_encodes: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Every mode's frontend CPU per query, its slices interleaved with the
@@ -60,6 +61,8 @@ async def compare_cpu(
     Returns ``{"modes": {mode: {"cpu_us_per_query", "slices_us",
     "ratio_median", "ratio_p25", "ratio_p75", "queries"}}, ...settings}``;
     ratios are per slice against ``modes[0]``'s CPU in the same slice.
+    ``parity_encodes=False`` has coded's frontend encode (see
+    ``LocalBackend``).
 
     Raises:
         ConfigError: a setting is out of range or a mode is given twice.
@@ -79,7 +82,9 @@ async def compare_cpu(
     frontends = {}
     try:
         for mode in modes:
-            frontends[mode] = deployment(bundle, mode, m=m, service_ms=service_ms)
+            frontends[mode] = deployment(
+                bundle, mode, m=m, service_ms=service_ms, parity_encodes=parity_encodes
+            )
             await frontends[mode][0].start()
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -125,6 +130,7 @@ async def compare_cpu(
         "m": m,
         "service_ms": service_ms,
         "slowdown": slowdown,
+        "parity_encodes": parity_encodes,
     }
 
 
@@ -142,6 +148,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--m", type=int, default=4, help="data instances of coded")
     parser.add_argument("--service-ms", type=float, default=5.0)
     parser.add_argument("--slowdown", default="none", help="a slowdown preset")
+    parser.add_argument(
+        "--frontend-encodes",
+        action="store_true",
+        help="coded's frontend encodes parity queries (default: parity instances)",
+    )
     parser.add_argument("--out", type=Path, help="write the results here as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -156,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
                 m=args.m,
                 service_ms=args.service_ms,
                 slowdown=args.slowdown,
+                parity_encodes=not args.frontend_encodes,
                 progress=not args.quiet,
             )
         )

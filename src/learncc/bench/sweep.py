@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -124,32 +126,55 @@ def run_sweep(
 
 
 def plot_sweep(result: dict[str, Any], path: Path, title: str = "") -> Path:
-    """p50, p99 and p99.9 against the swept value, one line per mode."""
+    """p50, p99 and p99.9 against the swept value, one line per mode; below
+    them the share of answers reconstructed, the served top-1 (where the
+    bench had labels) and the queries that ended in an error."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    values = [row["value"] for row in result["rows"]]
-    modes = list(result["rows"][0]["latency_ms"]) if result["rows"] else []
+    rows = result["rows"]
+    values = [row["value"] for row in rows]
+    modes = list(rows[0]["latency_ms"]) if rows else []
     numeric = all(isinstance(v, (int, float)) for v in values)
     xs = values if numeric else list(range(len(values)))
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for ax, key, name in zip(
-        axes, ("p50", "p99", "p999"), ("p50", "p99", "p99.9"), strict=True
-    ):
+
+    def share(key: str) -> Callable[[dict[str, Any]], float | None]:
+        def of(r: dict[str, Any]) -> float | None:
+            answered = r["n"] + r["errors"] if key == "errors" else r["n"]
+            return 100 * r[key] / answered if answered else None
+
+        return of
+
+    panels: list[tuple[str, str, Callable[[dict[str, Any]], float | None]]] = [
+        ("p50", "p50 latency (ms)", lambda r: r["p50"]),
+        ("p99", "p99 latency (ms)", lambda r: r["p99"]),
+        ("p99.9", "p99.9 latency (ms)", lambda r: r["p999"]),
+        ("reconstructed", "answers reconstructed (%)", share("reconstructed")),
+        (
+            "served top-1",
+            "served top-1 (%)",
+            lambda r: None if r.get("top1") is None else 100 * r["top1"],
+        ),
+        ("errors", "queries ending in an error (%)", share("errors")),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(14, 8))
+    for ax, (name, ylabel, get) in zip(axes.flat, panels, strict=True):
         for mode in modes:
-            ax.plot(
-                xs,
-                [row["latency_ms"][mode][key] for row in result["rows"]],
-                "o-",
-                label=mode,
-            )
-        ax.set(xlabel=result["param"], ylabel=f"{name} latency (ms)", title=name)
+            ys = [get(row["latency_ms"][mode]) for row in rows]
+            if any(y is not None for y in ys):
+                ax.plot(
+                    xs, [math.nan if y is None else y for y in ys], "o-", label=mode
+                )
+        ax.set(xlabel=result["param"], ylabel=ylabel, title=name)
         if not numeric:
             ax.set_xticks(xs, [str(v) for v in values])
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -7,7 +7,8 @@ Three APIs over one app (``make_app``), all JSON, errors as ``{"error": ...}``:
 - a plain API for curl: ``POST /infer`` with ``{"input": <nested list>}``
   answers ``{"output", "top1", "reconstructed", "default"}``, with
   ``{"inputs": [...]}`` it answers ``{"answers": [...]}``; ``?timeout_ms=``
-  sets a deadline; ``GET /health`` and ``GET /model``;
+  (the query string only: other fields in the body are refused) sets a
+  deadline; ``GET /health`` and ``GET /model``;
 - ``GET /metrics`` (Prometheus, see ``learncc.serving.metrics``) and
   ``GET /openapi.json``.
 

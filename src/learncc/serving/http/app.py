@@ -30,7 +30,7 @@ import hmac
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -251,10 +251,17 @@ class Service:
         return answers
 
     def deadline_from(
-        self, value: Any, *, name: str, scale_s: float, text: bool = False
+        self,
+        value: Any,
+        *,
+        name: str,
+        scale_s: float,
+        text: bool = False,
+        whole: bool = False,
     ) -> float | None:
         """Parse a per-request deadline given in units of ``scale_s`` seconds;
-        with ``text`` (a query string) from a string, else (JSON) a number.
+        with ``text`` (a query string) from a string, else (JSON) a number;
+        with ``whole``, a JSON integer (Triton's ``timeout`` is a uint64).
 
         Raises:
             HttpError: 400 unless ``value`` is None or a finite number > 0.
@@ -262,6 +269,8 @@ class Service:
         if value is None:
             return None
         sent = value  # named as sent in the error, not as parsed
+        if whole and (type(value) is not int or value <= 0):
+            raise HttpError(400, f"{name} must be a whole number > 0, got {sent!r}")
         if text and isinstance(value, str):
             try:
                 value = float(value)
@@ -307,11 +316,21 @@ def check_input_range(x: np.ndarray, max_abs: float, what: str = "input") -> Non
     # False; one ufunc reduction, without the errstate a comparison needs
     if not x.size or np.maximum.reduce(np.abs(x), axis=None) <= max_abs:
         return
-    if not np.isfinite(x).all():
-        raise BadQueryError(f"{what} holds NaN or infinity")
+    # the error path only: name the first offending value and its place
+    bad = ~np.isfinite(x)
+    if not bad.any():
+        bad = np.abs(x) > max_abs
+    at = np.unravel_index(int(np.argmax(bad)), x.shape)
+    place = _place(tuple(int(i) for i in at))
+    value = float(x[at])
+    if not math.isfinite(value):
+        raise BadQueryError(f"{what} holds NaN or infinity ({value} at {place})")
+    shown = (
+        f"{int(value)}" if value.is_integer() and abs(value) < 1e16 else f"{value:g}"
+    )
     raise BadQueryError(
-        f"{what} holds values beyond +-{max_abs:g} (the server's max_abs_input); "
-        "send inputs in the range the model was trained on"
+        f"{what} holds {shown} at {place}, beyond +-{max_abs:g} (the server's "
+        "max_abs_input); send inputs in the range the model was trained on"
     )
 
 
@@ -522,28 +541,96 @@ def holds_bool(data: list[Any]) -> bool:
     )
 
 
+def leaves(data: list[Any], path: tuple[int, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    """(place, value) of every non-list in nested lists, in row-major order."""
+    for i, value in enumerate(data):
+        if type(value) is list:
+            yield from leaves(value, (*path, i))
+        else:
+            yield (*path, i), value
+
+
+def show_json(value: Any) -> str:
+    """A value as the client wrote it in JSON (true, null, "a"), shortened."""
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:
+        text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def _ragged(data: list[Any], what: str, path: tuple[int, ...] = ()) -> str | None:
+    """Where nested lists stop being rectangular, shallowest first: a list
+    whose length differs from its first sibling's, or a number beside lists."""
+    subs = [v for v in data if type(v) is list]
+    if subs and len(subs) < len(data):
+        i = next(i for i, v in enumerate(data) if type(v) is not list)
+        return (
+            f"{what}{_place((*path, i))} is {show_json(data[i])} where its siblings "
+            "are lists"
+        )
+    for i, v in enumerate(subs[1:], 1):
+        if len(v) != len(subs[0]):
+            return (
+                f"{what}{_place((*path, i))} has {len(v)} elements where "
+                f"{what}{_place((*path, 0))} has {len(subs[0])}"
+            )
+    for i, v in enumerate(subs):
+        found = _ragged(v, what, (*path, i))
+        if found is not None:
+            return found
+    return None
+
+
+def _place(path: tuple[int, ...]) -> str:
+    return "".join(f"[{j}]" for j in path)
+
+
+def _misfit(value: list[Any], what: str, max_abs: float) -> str:
+    """Why ``value`` is not a nested list of numbers, naming the first place
+    where it goes wrong; only computed for a request that is refused."""
+    for place, leaf in leaves(value):
+        where = f"{what}{_place(place)}"
+        if type(leaf) is int and abs(leaf) > max_abs:
+            return (
+                f"{where} is {show_json(leaf)}, beyond +-{max_abs:g} (the server's "
+                "max_abs_input); send inputs in the range the model was trained on"
+            )
+        if type(leaf) not in (int, float):
+            return (
+                f"'{what}' must hold numbers only (no strings, booleans or null); "
+                f"got {show_json(leaf)} at {where}"
+            )
+    ragged = _ragged(value, what)
+    if ragged is not None:
+        return f"'{what}' must be a rectangular nested list: {ragged}"
+    return f"'{what}' must be a rectangular nested list of numbers"
+
+
 def parse_input(
     value: Any,
     frontend: Frontend,
     *,
     max_abs: float = DEFAULT_MAX_ABS_INPUT,
     scan_bools: bool = True,
+    what: str = "input",
 ) -> np.ndarray:
     """Turn a JSON value into a checked query array.
 
     A flat list of the input's size is reshaped to the input shape. With
     ``scan_bools`` False (the caller knows the body holds no ``true`` or
-    ``false``) nested lists are not searched for booleans.
+    ``false``) nested lists are not searched for booleans. ``what`` names
+    the value in errors (``inputs[2]`` for one of several).
 
     Raises:
         BadQueryError: not a rectangular array of numbers (strings, booleans
             and null are refused, not converted) of the input shape, or it
-            holds NaN, infinity or values beyond +-``max_abs``.
+            holds NaN, infinity or values beyond +-``max_abs``; naming the
+            first offending place.
     """
-    if isinstance(value, (str, bytes, dict, bool)) or value is None:
-        raise BadQueryError(
-            f"'input' must be a nested list of numbers, got {type(value).__name__}"
-        )
+    if not isinstance(value, list):
+        kind = "null" if value is None else type(value).__name__
+        raise BadQueryError(f"'{what}' must be a nested list of numbers, got {kind}")
     try:
         # no dtype: a float64 conversion would read "1.5" as 1.5
         x = np.asarray(value)
@@ -551,16 +638,19 @@ def parse_input(
         x = None
     if x is None or x.dtype.kind not in "iuf":
         raise BadQueryError(
-            "'input' must be a rectangular nested list of numbers (no strings, "
-            f"booleans or null) of shape {list(frontend.input_shape)}"
+            f"{_misfit(value, what, max_abs)} (the model takes shape "
+            f"{list(frontend.input_shape)})"
         )
     # NumPy reads true as 1 in a list that also holds numbers
-    if scan_bools and isinstance(value, list) and holds_bool(value):
-        raise BadQueryError("'input' must hold numbers only, got true or false in it")
+    if scan_bools and holds_bool(value):
+        raise BadQueryError(_misfit(value, what, max_abs))
+    check_input_range(x, max_abs, f"'{what}'")  # places as sent, before reshaping
     if x.ndim == 1 and x.size == math.prod(frontend.input_shape):
         x = x.reshape(frontend.input_shape)
-    check_input_range(x, max_abs, "'input'")
-    return frontend.check_input(x)
+    try:
+        return frontend.check_input(x)
+    except BadQueryError as e:
+        raise BadQueryError(f"'{what}': {e}") from None
 
 
 async def health(request: web.Request) -> web.Response:
@@ -604,6 +694,15 @@ async def infer(request: web.Request) -> web.Response:
         raise HttpError(400, f"malformed JSON: {e}") from None
     if not isinstance(doc, dict) or ("input" in doc) == ("inputs" in doc):
         raise HttpError(400, "send an object with exactly one of 'input' or 'inputs'")
+    if len(doc) > 1:
+        # a setting the body cannot carry would otherwise be silently ignored
+        extra = sorted(set(doc) - {"input", "inputs"})
+        where = (
+            "; a deadline goes in the query string: POST /infer?timeout_ms=..."
+            if "timeout_ms" in extra
+            else ""
+        )
+        raise HttpError(400, f"unknown field(s) {extra} in the body{where}")
     max_abs = service.settings.max_abs_input
     scan = has_bool_literal(body)
     if "input" in doc:
@@ -621,8 +720,14 @@ async def infer(request: web.Request) -> web.Response:
                 400, f"at most {service.settings.max_batch} inputs per request"
             )
         queries = [
-            parse_input(v, service.frontend, max_abs=max_abs, scan_bools=scan)
-            for v in inputs
+            parse_input(
+                v,
+                service.frontend,
+                max_abs=max_abs,
+                scan_bools=scan,
+                what=f"inputs[{i}]",
+            )
+            for i, v in enumerate(inputs)
         ]
     answers = [_answer_json(a) for a in await service.run(queries, deadline_s)]
     return json_response(answers[0] if "input" in doc else {"answers": answers})

@@ -14,10 +14,11 @@ Routes (``{version}`` may be left out; the only version is ``"1"``):
 The request's one input is named ``input``, with shape ``[batch, *in]``, batch
 dimension first. Each batch item becomes one frontend query; all are submitted
 at once and the response waits for every answer. Accepted datatypes: FP32, and
-FP16, FP64 and (U)INT8-64, which are converted to float32; integers beyond
-+-2**24 (not exact in float32) and FP64 values beyond float32's range are
-refused, as are BOOL, BYTES and BF16, and values beyond +-``max_abs_input``
-(1e6 by default; see ``make_app``), which would overflow F's outputs.
+FP16, FP64 and (U)INT8-64, which are converted to float32. Values beyond
++-``max_abs_input`` (1e6 by default; see ``make_app``), which would overflow
+F's outputs, are refused, naming the first such value and its place; with a
+bound raised past them, so are integers beyond +-2**24 (not exact in
+float32) and FP64 values beyond float32's range; BOOL, BYTES and BF16 always.
 
 JSON ``data`` must fit its declared datatype, as binary data does by
 construction: integers only, within the type's range, for the integer types
@@ -40,10 +41,10 @@ protocol allows only scalar parameter values. The response ``parameters`` also
 give ``reconstructed_count`` and ``default_count``.
 
 Request parameters: ``timeout_ms`` (our deadline, milliseconds, > 0), or
-Triton's ``timeout`` (microseconds, what ``tritonclient``'s ``infer(timeout=)``
-sends); either is passed to the frontend as ``deadline_s``. A deadline is when
-the caller wants the best answer there is: the default answer if the server
-has one, else 504.
+Triton's ``timeout`` (whole microseconds > 0, what ``tritonclient``'s
+``infer(timeout=)`` sends); either is passed to the frontend as
+``deadline_s``. A deadline is when the caller wants the best answer there
+is: the default answer if the server has one, else 504.
 
 Binary tensor extension: with the ``Inference-Header-Content-Length: n``
 header, the body's first n bytes are the JSON request and the rest the raw
@@ -60,7 +61,6 @@ extension (``class_count``), more than one input.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,7 +78,9 @@ from learncc.serving.http.app import (
     has_bool_literal,
     holds_bool,
     json_response,
+    leaves,
     read_body,
+    show_json,
 )
 
 INPUT_NAME = "input"
@@ -328,30 +330,12 @@ def _within(array: np.ndarray, lo: float, hi: float, square: float | None) -> bo
     )
 
 
-def _leaves(data: list[Any], path: tuple[int, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    """(place, value) of every non-list in nested lists, in row-major order."""
-    for i, value in enumerate(data):
-        if type(value) is list:
-            yield from _leaves(value, (*path, i))
-        else:
-            yield (*path, i), value
-
-
-def _show(value: Any) -> str:
-    """A value as the client wrote it in JSON (true, null, "a"), shortened."""
-    try:
-        text = orjson.dumps(value).decode()
-    except TypeError:
-        text = repr(value)
-    return text if len(text) <= 40 else f"{text[:37]}..."
-
-
 def _first_misfit(data: list[Any], datatype: str) -> str | None:
     """The refusal of JSON data with a value its datatype cannot hold, naming
     the first such value and its place; None if every value fits."""
     lo, hi = RANGES[datatype]
     integers = DATATYPES[datatype].kind in "iu"
-    for place, value in _leaves(data):
+    for place, value in leaves(data):
         number = type(value) is int or (type(value) is float and not integers)
         if number and lo <= value <= hi:
             continue
@@ -364,7 +348,7 @@ def _first_misfit(data: list[Any], datatype: str) -> str | None:
         where = "data" + "".join(f"[{i}]" for i in place)
         return (
             f"input {INPUT_NAME!r} of datatype {datatype} must hold {want}; "
-            f"got {_show(value)} at {where}"
+            f"got {show_json(value)} at {where}"
         )
     return None
 
@@ -375,6 +359,11 @@ def _checked_slowly(array: np.ndarray, datatype: str, model: ModelSpec) -> np.nd
     Only arrays outside the quick bounds of ``ModelSpec.accepts`` come here,
     so most of them are refused.
     """
+    if array.dtype.kind in "iuf":
+        # the server's bound first, in the client's own values: it is lower
+        # than float32's exact-integer and overflow limits unless raised, and
+        # it names the offending value and its place
+        check_input_range(array.astype(np.float64), model.max_abs, f"{datatype} input")
     converted = _to_float32(array, datatype)
     check_input_range(converted, model.max_abs, f"{datatype} input")
     return converted
@@ -556,6 +545,7 @@ def _request_parameters(value: Any, service: Service) -> tuple[float | None, boo
             parameters.get("timeout"),
             name="parameter timeout (microseconds)",
             scale_s=1e-6,
+            whole=True,
         )
     binary_default = parameters.get("binary_data_output", False)
     if not isinstance(binary_default, bool):

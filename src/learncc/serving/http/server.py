@@ -20,12 +20,32 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from learncc.errors import ConfigError
 from learncc.serving.frontend import Frontend
 from learncc.serving.http.app import SERVICE, make_app
 
 logger = logging.getLogger(__name__)
+
+
+class _MalformedRequestFilter(logging.Filter):
+    """aiohttp answers a request its parser cannot read (a malformed
+    Content-Length, a bad request line) with 400 itself, and logs it as an
+    ERROR with the parser's traceback: a client's mistake reads as a server
+    fault. Such records become one WARNING line naming the problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and exc.code == 400:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            reason = " ".join(str(exc.message).split())
+            record.msg, record.args = "refused a malformed request: %s", (reason,)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_MALFORMED = _MalformedRequestFilter()
 
 # How long aiohttp keeps reading (and dropping) the rest of a body it answered
 # early (413, 408) so the client can read the answer; its default of 10 s let
@@ -123,6 +143,9 @@ class HttpServer:
             OSError: the address cannot be bound (in use, not ours).
         """
         await self.frontend.start()
+        server_log = logging.getLogger("aiohttp.server")
+        if _MALFORMED not in server_log.filters:
+            server_log.addFilter(_MALFORMED)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
         self.port = self._runner.addresses[0][1]
