@@ -188,6 +188,8 @@ async def test_cpu_comparison_interleaves_modes_over_the_same_slices(
         ({"modes": ("coded",)}, "two or more distinct modes"),
         ({"modes": ("coded", "coded")}, "two or more distinct modes"),
         ({"rate_qps": 0}, "rate_qps > 0"),
+        ({"rate_qps": float("inf")}, "finite rate_qps > 0"),
+        ({"service_ms": -1}, "service_ms must be a finite number >= 0"),
         ({"slices": 1}, "slices >= 2"),
         ({"slowdown": "nope"}, "nope"),
     ],
@@ -224,3 +226,29 @@ def test_sweep_plot_has_latency_and_answer_panels(tmp_path: Path) -> None:
     path = plot_sweep(result, tmp_path / "sweep.png", title="grace")
     height, width, _ = matplotlib.image.imread(path).shape
     assert (width, height) == (1540, 880)  # 2 x 3 panels at 14 x 8 in, 110 dpi
+
+
+@pytest.mark.parametrize(
+    "sweep, message",
+    [
+        (
+            'param = "rate_qps"\nvalues = [100, "fast"]',
+            "rate_qps = 'fast': rate_qps must",
+        ),
+        ('param = "rate_qps"\nvalues = 100', "values must be a list, got 100"),
+        ('param = "background_procs"\nvalues = [1, "two"]', "must be an integer"),
+        ('param = "slow_factor"\nvalues = [10, 0.5]', "slow_factor must be >= 1"),
+        ('param = "k"\nvalues = [2, 3.5]\nbundles = "b/{k}"', "k must be an integer"),
+    ],
+)
+def test_every_sweep_value_is_checked_before_the_first_runs(
+    sweep: str, message: str, tmp_path: Path
+) -> None:
+    # fresh-user test: a bad second value stopped the sweep after the first
+    # point had run for 20 s, and its results were lost
+    from learncc.bench.sweep import load_config
+
+    path = tmp_path / "s.toml"
+    path.write_text(f'bundle = "b"\n[bench]\nmodes = ["coded"]\n[sweep]\n{sweep}\n')
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)

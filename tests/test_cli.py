@@ -143,6 +143,19 @@ def test_user_errors_are_one_line_without_traceback(
             "the tile-sum parity model starts from an MLP F (--model mlp), "
             "got 'lenet5'",
         ),
+        # fresh-user test: an unwritable --out failed after the whole run
+        (
+            ["bench", "/nonexistent", "--out", "pyproject.toml/runs"],
+            "cannot write to --out pyproject.toml/runs: ",
+        ),
+        (
+            ["simulate", "--out", "pyproject.toml/runs"],
+            "cannot write to --out pyproject.toml/runs: ",
+        ),
+        (
+            ["codes-table", "--quick", "--out", "pyproject.toml/runs"],
+            "cannot write to --out pyproject.toml/runs: ",
+        ),
         # fresh-user test: crashed in plotting, ran silently, ran as "none"
         (
             ["simulate", "--overhead-ms", "nan", "--out", "/nonexistent"],

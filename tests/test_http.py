@@ -146,7 +146,7 @@ async def test_model_and_health_describe_the_server(client: TestClient) -> None:
             r"'input' holds 3e\+38 at \[3\], beyond \+-1e\+06 \(the server's max_abs",
         ),
         (b'{"inputs": [[1, 2, 3, 4], [0, 0, 0, -2e6]]}', 400, "beyond"),
-        (b'{"input": [1, 2, 3, NaN]}', 400, "malformed JSON"),
+        (b'{"input": [1, 2, 3, NaN]}', 400, "malformed JSON.*has no NaN or Infinity"),
         (b'{"inputs": []}', 400, "non-empty list"),
         (
             b'{"inputs": [' + b"[0,0,0,0]," * 400 + b"[0,0,0,0]]}",
@@ -244,6 +244,13 @@ async def test_timeout_ms_is_the_deadline_and_gives_the_default_answer() -> None
         assert resp.status == 400
         # named as sent (fresh-user test: it said "got nan")
         assert "got 'soon'" in (await resp.json())["error"]
+        # fresh-user test: these were answered 200, one deadline chosen silently
+        for query, match in (
+            ("timeout_ms=5&timeout_ms=6", "give timeout_ms once, got ['5', '6']"),
+            ("foo=1", "unknown query parameter(s) ['foo']; /infer takes timeout_ms"),
+        ):
+            resp = await client.post(f"/infer?{query}", json={"input": [1, 2, 3, 4]})
+            assert resp.status == 400 and match in (await resp.json())["error"]
 
 
 async def test_default_deadline_applies_when_the_request_names_none() -> None:

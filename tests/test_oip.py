@@ -624,6 +624,57 @@ async def test_timeout_parameters_set_the_deadline() -> None:
             assert out[0]["data"] == [1, 2, 3] and out[2]["data"] == [True], parameters
         stats = client.app[SERVICE].frontend.statistics()
         assert stats.defaulted == 2 and stats.timed_out == 0
+        both = {"timeout_ms": 20, "timeout": 20_000}
+        doc = {"inputs": [tensor(X[:1])], "parameters": both}
+        resp = await client.post(INFER, json=doc)
+        assert resp.status == 400
+        assert "give one deadline" in (await resp.json())["error"]
+
+
+async def test_json_body_mistakes_are_named(client: TestClient) -> None:
+    # fresh-user test: each got only the generic message or the parser's offset
+    spec = {"name": "input", "shape": [2, 1, 2, 2], "datatype": "FP32"}
+    ragged = {"inputs": [{**spec, "data": [[0, 1, 2, 3], [4, 5, 6]]}]}
+    body = await (await client.post(INFER, json=ragged)).json()
+    assert body["error"] == (
+        "input 'data' must be a rectangular (nested) list of numbers: data[1] has "
+        "3 elements where data[0] has 4"
+    )
+    nan = b'{"inputs": [{"name": "input", "shape": [1, 1, 2, 2], "datatype": "FP32", '
+    nan += b'"data": [0, NaN, 0, 0]}]}'
+    body = await (await client.post(INFER, data=nan)).json()
+    assert "JSON has no NaN or Infinity" in body["error"]
+    raw = np.zeros(4, np.float32).tobytes()
+    headerless = orjson.dumps({"inputs": [{**spec, "shape": [1, 1, 2, 2]}]}) + raw
+    body = await (await client.post(INFER, data=headerless)).json()
+    assert "needs the Inference-Header-Content-Length header" in body["error"]
+
+
+async def test_fp16_binary_data_is_held_to_the_bound() -> None:
+    # fresh-user test: NumPy compared FP16 data against the bound in float16,
+    # where 1000 squared is infinity, so 2000 and 60000 went through
+    async with serving(frontend_of(), max_abs_input=1000) as client:
+        spec = {"name": "input", "shape": [2, 1, 2, 2], "datatype": "FP16"}
+        doc = {"inputs": [{**spec, "parameters": {"binary_data_size": 16}}]}
+        for values, match in (
+            (
+                [0.5] * 7 + [2000],
+                "FP16 input holds 2000 at [1][0][1][1], beyond +-1000",
+            ),
+            ([60000] * 8, "FP16 input holds 60000 at [0][0][0][0], beyond +-1000"),
+            (
+                [0] * 3 + [np.inf] * 5,
+                "FP16 input holds NaN or infinity (inf at [0][0][1][1])",
+            ),
+        ):
+            raw = np.array(values, np.float16).tobytes()
+            body, headers = binary_body(doc, raw)
+            resp = await client.post(INFER, data=body, headers=headers)
+            assert resp.status == 400, values
+            assert match in (await resp.json())["error"]
+        ok = np.full(8, 999, np.float16).tobytes()
+        body, headers = binary_body(doc, ok)
+        assert (await client.post(INFER, data=body, headers=headers)).status == 200
 
 
 async def test_integers_float32_cannot_hold_are_refused_past_a_raised_bound() -> None:

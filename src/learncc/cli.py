@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from learncc.errors import ConfigError, LearnccError
+from learncc.outputs import check_writable
 
 app = typer.Typer(
     add_completion=False,
@@ -83,31 +84,37 @@ def accuracy_table(metrics: dict[str, Any], title: str) -> Table:
     return table
 
 
+LATENCY_COLUMNS = (
+    "p50 ms",
+    "p99 ms",
+    "p99.9 ms",
+    "n",
+    "reconstructed",
+    "errors",
+    "served top-1",
+)
+
+
+def latency_cells(r: dict[str, Any]) -> list[str]:
+    """One mode's ``LATENCY_COLUMNS`` from its ``ModeResult.to_dict()``."""
+    top1 = "-" if r.get("top1") is None else f"{100 * r['top1']:.2f}%"
+    return [
+        f"{r['p50']:.2f}",
+        f"{r['p99']:.2f}",
+        f"{r['p999']:.2f}",
+        str(r["n"]),
+        str(r["reconstructed"]),
+        str(r["errors"]),
+        top1,
+    ]
+
+
 def latency_table(latency: dict[str, dict[str, Any]], title: str) -> Table:
     table = Table(title=title)
-    for col in (
-        "mode",
-        "p50 ms",
-        "p99 ms",
-        "p99.9 ms",
-        "n",
-        "reconstructed",
-        "errors",
-        "served top-1",
-    ):
+    for col in ("mode", *LATENCY_COLUMNS):
         table.add_column(col, justify="left" if col == "mode" else "right")
     for mode, r in latency.items():
-        top1 = "-" if r.get("top1") is None else f"{100 * r['top1']:.2f}%"
-        table.add_row(
-            mode,
-            f"{r['p50']:.2f}",
-            f"{r['p99']:.2f}",
-            f"{r['p999']:.2f}",
-            str(r["n"]),
-            str(r["reconstructed"]),
-            str(r["errors"]),
-            top1,
-        )
+        table.add_row(mode, *latency_cells(r))
     return table
 
 
@@ -177,6 +184,7 @@ def demo(
     from learncc.training.pipeline import train_bundle
 
     _setup_logging(quiet)
+    check_writable(out)
     started = time.perf_counter()
     duration = duration if duration is not None else (8.0 if quick else 30.0)
     bench_cfg = BenchConfig(
@@ -305,6 +313,7 @@ def train(
             "the tile-sum parity model starts from an MLP F (--model mlp), "
             f"got {model!r}"
         )
+    check_writable(out)
     data = load_dataset(dataset, data_dir=data_dir, seed=seed)
     if data.num_classes < 1:
         raise ConfigError(
@@ -499,6 +508,14 @@ def bench(
         backend=backend,
         ray_address=address,
     )
+    check_writable(out)
+    if cfg.warmup_s >= cfg.duration_s / 2 and not quiet:
+        # fresh-user test: a 4 s run measured 1 s and nobody said so
+        console.print(
+            f"note: each mode's first {cfg.warmup_s:g} s is warm-up; only the last "
+            f"{cfg.duration_s - cfg.warmup_s:g} s of its {cfg.duration_s:g} s count "
+            "(--warmup)"
+        )
     _serving_threads()
     results = run_comparison(bundle, cfg, progress=not quiet)
     latency = summary(results)
@@ -557,27 +574,17 @@ def _bench_sweep(
     # --out wins, so that the same sweep on another bundle does not overwrite
     # the config's results
     out = out if out is not None else Path(config.get("out", "runs/bench"))
+    check_writable(out, "the sweep's out")
     result = run_sweep(config, progress=not quiet)
     param = result["param"]
     table = Table(title=f"sweep of {param} ({config_path.name})")
-    columns = (param, "mode", "p50 ms", "p99 ms", "p99.9 ms", "n", "reconstructed")
-    for col in (*columns, "served top-1"):
+    for col in (param, "mode", *LATENCY_COLUMNS):
         # fold, not cut: "reconstruct_after_s" and "reconstructed" both cut
         # to "reconstr…" at 80 columns (fresh-user test)
         table.add_column(col, justify="right", overflow="fold")
     for row in result["rows"]:
         for mode, r in row["latency_ms"].items():
-            top1 = r.get("top1")
-            table.add_row(
-                str(row["value"]),
-                mode,
-                f"{r['p50']:.2f}",
-                f"{r['p99']:.2f}",
-                f"{r['p999']:.2f}",
-                str(r["n"]),
-                str(r["reconstructed"]),
-                "-" if top1 is None else f"{100 * top1:.2f}%",
-            )
+            table.add_row(str(row["value"]), mode, *latency_cells(r))
     console.print(table)
     _write_json(out / "results.json", result)
     plot = plot_sweep(
@@ -938,6 +945,7 @@ def codes_table(
                 f"(train {row['train_s']:.1f} s)"
             )
 
+    check_writable(out)
     rows = run_codes_table(cfg, on_row=on_row, on_stage=on_stage)
     table = Table(title="codes: degraded-mode accuracy (test split, MLP F)")
     for key in ROW_KEYS:

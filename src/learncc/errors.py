@@ -5,6 +5,11 @@ message without a traceback. Each class is named for its cause and carries the
 figures that explain it.
 """
 
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
 
 class LearnccError(Exception):
     """Root of learncc's errors; the message is meant for the user."""
@@ -73,3 +78,21 @@ class NonFiniteOutputError(BackendUnavailableError, ArithmeticError):
     (an instance failed the query), but retrying cannot help: the input is the
     cause (typically finite values large enough to overflow F).
     """
+
+
+def check_number_fields(config: Any) -> None:
+    """Refuse a dataclass's ``int`` and ``float`` fields holding anything but
+    numbers. Settings arrive from TOML sweep configs, where "8ms" would fail
+    later as a TypeError and ``true`` would pass as 1 (fresh-user tests).
+
+    Raises:
+        ConfigError: naming the field and what it holds.
+    """
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        kind = {"float": (int, float), "int": (int,)}.get(str(f.type))
+        if kind is not None and (
+            isinstance(value, bool) or not isinstance(value, kind)
+        ):
+            what = "an integer" if f.type == "int" else "a number"
+            raise ConfigError(f"{f.name} must be {what}, got {value!r}")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
+import math
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from learncc.bench.loadgen import drive, poisson_trace
 from learncc.bench.run import _test_inputs, apply_slowdowns
 from learncc.bundle import load_bundle
 from learncc.errors import ConfigError, LearnccError
+from learncc.outputs import check_writable
 from learncc.serving.deploy import MODES, deployment
 from learncc.serving.slowdown import preset
 
@@ -71,11 +72,13 @@ async def compare_cpu(
     """
     if len(modes) < 2 or len(set(modes)) != len(modes):
         raise ConfigError(f"give two or more distinct modes, got {list(modes)}")
-    if not rate_qps > 0 or not slice_s > 0 or slices < 2:
+    if not (0 < rate_qps < math.inf and 0 < slice_s < math.inf) or slices < 2:
         raise ConfigError(
-            "need rate_qps > 0, slice_s > 0 and slices >= 2, got "
+            "need finite rate_qps > 0 and slice_s > 0, and slices >= 2; got "
             f"{rate_qps}, {slice_s} and {slices}"
         )
+    if not 0 <= service_ms < math.inf:
+        raise ConfigError(f"service_ms must be a finite number >= 0, got {service_ms}")
     shaped = preset(slowdown)  # refuses an unknown name before anything starts
     bundle = load_bundle(bundle_path)
     pool, _ = _test_inputs(bundle)
@@ -135,7 +138,11 @@ async def compare_cpu(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m learncc.bench.cpu",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("bundle", type=Path)
     parser.add_argument(
         "--modes",
@@ -157,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
+        if args.out is not None:
+            check_writable(args.out.parent)
         result = asyncio.run(
             compare_cpu(
                 args.bundle,
@@ -172,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
     except LearnccError as e:
-        sys.exit(f"error: {e}")
+        parser.exit(2, f"error: {e}\n")
     first = next(iter(result["modes"]))
     print(f"frontend CPU per query at {args.rate:g} q/s, ratios to {first}:")
     for mode, r in result["modes"].items():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from bisect import bisect_right
@@ -16,7 +15,7 @@ import numpy as np
 from learncc.bench.interference import interference
 from learncc.bench.loadgen import ModeResult, drive, poisson_trace
 from learncc.bundle import load_bundle
-from learncc.errors import ConfigError
+from learncc.errors import ConfigError, check_number_fields
 from learncc.serving.backend import BACKUP, DATA, PARITY
 from learncc.serving.deploy import MODES, Deployment, deployment
 from learncc.serving.frontend import Frontend
@@ -59,16 +58,7 @@ class BenchConfig:
     slowdown_overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # a sweep config is TOML: "8ms" or true must not reach a comparison
-        # (a TypeError) or pass as a number (true is 1); fresh-user test
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            kind = {"float": (int, float), "int": (int,)}.get(str(f.type))
-            if kind is not None and (
-                isinstance(value, bool) or not isinstance(value, kind)
-            ):
-                what = "an integer" if f.type == "int" else "a number"
-                raise ConfigError(f"{f.name} must be {what}, got {value!r}")
+        check_number_fields(self)
         if not isinstance(self.modes, (tuple, list)) or not all(
             isinstance(m, str) for m in self.modes
         ):

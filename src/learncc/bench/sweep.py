@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from learncc.bench.run import BenchConfig, run_comparison, summary
-from learncc.errors import ConfigError
-from learncc.serving.slowdown import SlowdownConfig
+from learncc.errors import ConfigError, LearnccError
+from learncc.serving.slowdown import SlowdownConfig, preset
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,23 @@ def load_config(path: Path) -> dict[str, Any]:
         raise ConfigError("sweeping k needs [sweep] bundles = 'path/with/{k}'")
     if param != "k" and "bundle" not in config:
         raise ConfigError(f"{path} needs a top-level 'bundle' path")
+    values = sweep["values"]
+    if not isinstance(values, list):
+        raise ConfigError(f"{path}: [sweep] values must be a list, got {values!r}")
+    # every point's settings are checked now: a bad third value once stopped
+    # the sweep after the first two had run, and their results were lost
+    try:
+        _bench_for(config, "", None)
+    except LearnccError as e:
+        raise ConfigError(f"{path}: [bench]: {e}") from None
+    for value in values:
+        try:
+            if param == "k" and (type(value) is not int or value < 2):
+                raise ConfigError(f"k must be an integer >= 2, got {value!r}")
+            bench = _bench_for(config, param, value)
+            preset(bench.slowdown, **bench.slowdown_overrides)
+        except LearnccError as e:
+            raise ConfigError(f"{path}: [sweep] {param} = {value!r}: {e}") from None
     return config
 
 
@@ -168,6 +185,8 @@ def plot_sweep(result: dict[str, Any], path: Path, title: str = "") -> Path:
                     xs, [math.nan if y is None else y for y in ys], "o-", label=mode
                 )
         ax.set(xlabel=result["param"], ylabel=ylabel, title=name)
+        if ylabel.endswith("(%)") and name != "served top-1":
+            ax.set_ylim(bottom=0)  # all zero is a line on the axis, not at -0.04
         if not numeric:
             ax.set_xticks(xs, [str(v) for v in values])
         ax.grid(alpha=0.3)

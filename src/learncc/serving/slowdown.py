@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from learncc.errors import ConfigError, UnknownNameError
+from learncc.errors import ConfigError, UnknownNameError, check_number_fields
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,7 @@ class SlowdownConfig:
     colocated_procs: int = 0  # processes running inference of a model in a loop
 
     def __post_init__(self) -> None:
+        check_number_fields(self)
         if self.slow_factor < 1:
             raise ConfigError(f"slow_factor must be >= 1, got {self.slow_factor}")
         if not 0 <= self.slow_fraction < 1:

@@ -106,6 +106,7 @@ def simulate(
     with the real bench's slowdown schedules; write results.json and plots."""
     from learncc.bench.plots import latency_cdf
     from learncc.cli import _setup_logging, _write_json, console, latency_table
+    from learncc.outputs import check_writable
     from learncc.sim.engine import summary
     from learncc.sim.sweep import load_config, plot_sweep, run_sweep
 
@@ -140,6 +141,7 @@ def simulate(
         else:
             sweep[key] = values
 
+    check_writable(out)
     runs = run_sweep(settings, sweep)
     for point, cfg, results in runs:
         where = ", ".join(f"{key}={v}" for key, v in point.items())

@@ -541,6 +541,14 @@ def holds_bool(data: list[Any]) -> bool:
     )
 
 
+def json_hint(body: bytes) -> str:
+    """What a malformed JSON body most likely got wrong, if we can tell: the
+    parser's position alone does not say that NaN is not JSON."""
+    if b"NaN" in body or b"Infinity" in body:
+        return "; JSON has no NaN or Infinity (inputs must be finite numbers)"
+    return ""
+
+
 def leaves(data: list[Any], path: tuple[int, ...] = ()) -> Iterator[tuple[Any, ...]]:
     """(place, value) of every non-list in nested lists, in row-major order."""
     for i, value in enumerate(data):
@@ -559,7 +567,7 @@ def show_json(value: Any) -> str:
     return text if len(text) <= 40 else f"{text[:37]}..."
 
 
-def _ragged(data: list[Any], what: str, path: tuple[int, ...] = ()) -> str | None:
+def ragged_place(data: list[Any], what: str, path: tuple[int, ...] = ()) -> str | None:
     """Where nested lists stop being rectangular, shallowest first: a list
     whose length differs from its first sibling's, or a number beside lists."""
     subs = [v for v in data if type(v) is list]
@@ -576,7 +584,7 @@ def _ragged(data: list[Any], what: str, path: tuple[int, ...] = ()) -> str | Non
                 f"{what}{_place((*path, 0))} has {len(subs[0])}"
             )
     for i, v in enumerate(subs):
-        found = _ragged(v, what, (*path, i))
+        found = ragged_place(v, what, (*path, i))
         if found is not None:
             return found
     return None
@@ -601,7 +609,7 @@ def _misfit(value: list[Any], what: str, max_abs: float) -> str:
                 f"'{what}' must hold numbers only (no strings, booleans or null); "
                 f"got {show_json(leaf)} at {where}"
             )
-    ragged = _ragged(value, what)
+    ragged = ragged_place(value, what)
     if ragged is not None:
         return f"'{what}' must be a rectangular nested list: {ragged}"
     return f"'{what}' must be a rectangular nested list of numbers"
@@ -681,8 +689,18 @@ async def infer(request: web.Request) -> web.Response:
             415,
             f"send JSON (Content-Type: application/json), not {request.content_type!r}",
         )
+    query = request.query
+    if len(query) > 1 or (query and "timeout_ms" not in query):
+        # a setting that does nothing would pass for one that does
+        unknown = sorted(set(query) - {"timeout_ms"})
+        raise HttpError(
+            400,
+            f"unknown query parameter(s) {unknown}; /infer takes timeout_ms"
+            if unknown
+            else f"give timeout_ms once, got {query.getall('timeout_ms')}",
+        )
     deadline_s = service.deadline_from(
-        request.query.get("timeout_ms"),
+        query.get("timeout_ms"),
         name="query parameter timeout_ms",
         scale_s=1e-3,
         text=True,
@@ -691,7 +709,7 @@ async def infer(request: web.Request) -> web.Response:
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as e:
-        raise HttpError(400, f"malformed JSON: {e}") from None
+        raise HttpError(400, f"malformed JSON: {e}{json_hint(body)}") from None
     if not isinstance(doc, dict) or ("input" in doc) == ("inputs" in doc):
         raise HttpError(400, "send an object with exactly one of 'input' or 'inputs'")
     if len(doc) > 1:

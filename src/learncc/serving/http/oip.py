@@ -77,8 +77,10 @@ from learncc.serving.http.app import (
     check_input_range,
     has_bool_literal,
     holds_bool,
+    json_hint,
     json_response,
     leaves,
+    ragged_place,
     read_body,
     show_json,
 )
@@ -319,9 +321,12 @@ def _within(array: np.ndarray, lo: float, hi: float, square: float | None) -> bo
     # no value's square exceeds the sum of squares, so for float arrays, whose
     # bounds are -cap..cap, one vdot (about the cost of one of the two
     # reductions) clears all but the largest inputs; not for integer dtypes,
-    # whose vdot can wrap around
-    if square is not None and array.dtype.kind == "f":
-        if np.vdot(array, array) <= square:
+    # whose vdot can wrap around, nor float16: NumPy computes its vdot in
+    # float16 and casts the bound to float16 too, where a bound above 256
+    # squared is infinity and every array passed (fresh-user test: FP16
+    # values of 60000 went through a bound of 1000)
+    if square is not None and array.dtype.kind == "f" and array.dtype.itemsize >= 4:
+        if float(np.vdot(array, array)) <= square:
             return True
     return (
         bool(array.size)
@@ -379,8 +384,11 @@ def _from_json_data(
     try:
         array = np.asarray(data)
     except (ValueError, TypeError, OverflowError):
+        where = ragged_place(data, "data")
         raise HttpError(
-            400, "input 'data' must be a rectangular (nested) list of numbers"
+            400,
+            "input 'data' must be a rectangular (nested) list of numbers"
+            + (f": {where}" if where else ""),
         ) from None
     if array.size != math.prod(shape):
         raise HttpError(
@@ -537,6 +545,12 @@ def _requested_outputs(
 def _request_parameters(value: Any, service: Service) -> tuple[float | None, bool]:
     """The deadline and ``binary_data_output`` of the request's parameters."""
     parameters = _as_dict(value, "request 'parameters'")
+    if "timeout_ms" in parameters and "timeout" in parameters:
+        raise HttpError(
+            400,
+            "give one deadline: parameters timeout_ms and timeout (microseconds) "
+            f"were both set ({parameters['timeout_ms']!r}, {parameters['timeout']!r})",
+        )
     deadline_s = service.deadline_from(
         parameters.get("timeout_ms"), name="parameter timeout_ms", scale_s=1e-3
     )
@@ -555,6 +569,25 @@ def _request_parameters(value: Any, service: Service) -> tuple[float | None, boo
     return deadline_s, binary_default
 
 
+def _binary_hint(json_part: bytes, header_length: str | None, error: str) -> str:
+    """A body with bytes after its JSON document, or that is not text, sent
+    without the binary extension's header, is most likely a binary tensor
+    request missing that header."""
+    if header_length is not None:
+        return ""
+    try:
+        json_part.decode("utf-8")
+        binary = "after document" in error
+    except UnicodeDecodeError:
+        binary = True
+    if not binary:
+        return ""
+    return (
+        "; a body with binary tensor data needs the "
+        "Inference-Header-Content-Length header (the JSON part's length)"
+    )
+
+
 def decode_request(
     body: bytes, header_length: str | None, model: ModelSpec
 ) -> InferRequest:
@@ -569,7 +602,11 @@ def decode_request(
     try:
         doc = orjson.loads(json_part)
     except orjson.JSONDecodeError as e:
-        raise HttpError(400, f"malformed JSON inference request: {e}") from None
+        raise HttpError(
+            400,
+            f"malformed JSON inference request: {e}{json_hint(bytes(json_part))}"
+            + _binary_hint(json_part, header_length, str(e)),
+        ) from None
     if not isinstance(doc, dict):
         raise HttpError(
             400,
