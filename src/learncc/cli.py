@@ -112,7 +112,9 @@ def latency_cells(r: dict[str, Any]) -> list[str]:
 def latency_table(latency: dict[str, dict[str, Any]], title: str) -> Table:
     table = Table(title=title)
     for col in ("mode", *LATENCY_COLUMNS):
-        table.add_column(col, justify="left" if col == "mode" else "right")
+        table.add_column(
+            col, justify="left" if col == "mode" else "right", overflow="fold"
+        )
     for mode, r in latency.items():
         table.add_row(mode, *latency_cells(r))
     return table
