@@ -142,6 +142,10 @@ def run_sweep(
     return {"param": param, "rows": rows, "bench": config.get("bench", {})}
 
 
+def _percent(part: float, whole: float) -> float | None:
+    return 100 * part / whole if whole else None
+
+
 def plot_sweep(result: dict[str, Any], path: Path, title: str = "") -> Path:
     """p50, p99 and p99.9 against the swept value, one line per mode; below
     them the share of answers reconstructed, the served top-1 (where the
@@ -157,24 +161,25 @@ def plot_sweep(result: dict[str, Any], path: Path, title: str = "") -> Path:
     numeric = all(isinstance(v, (int, float)) for v in values)
     xs = values if numeric else list(range(len(values)))
 
-    def share(key: str) -> Callable[[dict[str, Any]], float | None]:
-        def of(r: dict[str, Any]) -> float | None:
-            answered = r["n"] + r["errors"] if key == "errors" else r["n"]
-            return 100 * r[key] / answered if answered else None
-
-        return of
-
     panels: list[tuple[str, str, Callable[[dict[str, Any]], float | None]]] = [
         ("p50", "p50 latency (ms)", lambda r: r["p50"]),
         ("p99", "p99 latency (ms)", lambda r: r["p99"]),
         ("p99.9", "p99.9 latency (ms)", lambda r: r["p999"]),
-        ("reconstructed", "answers reconstructed (%)", share("reconstructed")),
+        (
+            "reconstructed",
+            "answers reconstructed (%)",
+            lambda r: _percent(r["reconstructed"], r["n"]),
+        ),
         (
             "served top-1",
             "served top-1 (%)",
             lambda r: None if r.get("top1") is None else 100 * r["top1"],
         ),
-        ("errors", "queries ending in an error (%)", share("errors")),
+        (
+            "errors",
+            "queries ending in an error (%)",
+            lambda r: _percent(r["errors"], r["n"] + r["errors"]),
+        ),
     ]
     fig, axes = plt.subplots(2, 3, figsize=(14, 8))
     for ax, (name, ylabel, get) in zip(axes.flat, panels, strict=True):

@@ -57,15 +57,6 @@ def load_model(spec: dict[str, Any]) -> tuple[Any, tuple[int, ...]]:
         model = bundle.base
     elif spec["role"] == "parity":
         model = bundle.parity[spec["index"]]
-        if encodes:
-            encoder, row = bundle.encoder, spec["index"]
-
-            @torch.inference_mode()
-            def run_encoding(batch: np.ndarray) -> np.ndarray:
-                x = torch.from_numpy(encoder.encode_numpy(batch)[:, row])
-                return model(x).numpy().astype(np.float32, copy=False)
-
-            return run_encoding, input_shape
     else:
         model = getattr(bundle, "backup", None)
         if model is None:
@@ -73,11 +64,15 @@ def load_model(spec: dict[str, Any]) -> tuple[Any, tuple[int, ...]]:
                 f"{spec['bundle']} has no backup model (needed by mode cheap)"
             )
 
+    encoder, row = bundle.encoder, spec.get("index", 0)
+
     @torch.inference_mode()
     def run(batch: np.ndarray) -> np.ndarray:
+        if encodes:  # (n, k, *in) -> this parity model's row of the code
+            batch = encoder.encode_numpy(batch)[:, row]
         return model(torch.from_numpy(batch)).numpy().astype(np.float32, copy=False)
 
-    return run, bundle.input_shape
+    return run, input_shape
 
 
 def model_name(spec: dict[str, Any]) -> str:

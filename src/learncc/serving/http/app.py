@@ -321,7 +321,7 @@ def check_input_range(x: np.ndarray, max_abs: float, what: str = "input") -> Non
     if not bad.any():
         bad = np.abs(x) > max_abs
     at = np.unravel_index(int(np.argmax(bad)), x.shape)
-    place = _place(tuple(int(i) for i in at))
+    place = index_text(tuple(int(i) for i in at))
     value = float(x[at])
     if not math.isfinite(value):
         raise BadQueryError(f"{what} holds NaN or infinity ({value} at {place})")
@@ -574,14 +574,14 @@ def ragged_place(data: list[Any], what: str, path: tuple[int, ...] = ()) -> str 
     if subs and len(subs) < len(data):
         i = next(i for i, v in enumerate(data) if type(v) is not list)
         return (
-            f"{what}{_place((*path, i))} is {show_json(data[i])} where its siblings "
-            "are lists"
+            f"{what}{index_text((*path, i))} is {show_json(data[i])} where its "
+            "siblings are lists"
         )
     for i, v in enumerate(subs[1:], 1):
         if len(v) != len(subs[0]):
             return (
-                f"{what}{_place((*path, i))} has {len(v)} elements where "
-                f"{what}{_place((*path, 0))} has {len(subs[0])}"
+                f"{what}{index_text((*path, i))} has {len(v)} elements where "
+                f"{what}{index_text((*path, 0))} has {len(subs[0])}"
             )
     for i, v in enumerate(subs):
         found = ragged_place(v, what, (*path, i))
@@ -590,7 +590,8 @@ def ragged_place(data: list[Any], what: str, path: tuple[int, ...] = ()) -> str 
     return None
 
 
-def _place(path: tuple[int, ...]) -> str:
+def index_text(path: tuple[int, ...]) -> str:
+    """A place in nested lists or an array as the client indexes it: [1][0]."""
     return "".join(f"[{j}]" for j in path)
 
 
@@ -598,7 +599,7 @@ def _misfit(value: list[Any], what: str, max_abs: float) -> str:
     """Why ``value`` is not a nested list of numbers, naming the first place
     where it goes wrong; only computed for a request that is refused."""
     for place, leaf in leaves(value):
-        where = f"{what}{_place(place)}"
+        where = f"{what}{index_text(place)}"
         if type(leaf) is int and abs(leaf) > max_abs:
             return (
                 f"{where} is {show_json(leaf)}, beyond +-{max_abs:g} (the server's "

@@ -77,6 +77,7 @@ from learncc.serving.http.app import (
     check_input_range,
     has_bool_literal,
     holds_bool,
+    index_text,
     json_hint,
     json_response,
     leaves,
@@ -350,7 +351,7 @@ def _first_misfit(data: list[Any], datatype: str) -> str | None:
             want = f"integers in {lo}..{hi}"
         else:
             want = f"numbers within +-{hi:g}"
-        where = "data" + "".join(f"[{i}]" for i in place)
+        where = "data" + index_text(place)
         return (
             f"input {INPUT_NAME!r} of datatype {datatype} must hold {want}; "
             f"got {show_json(value)} at {where}"
