@@ -40,7 +40,8 @@ class FakeBackend:
             BACKUP: backup_instances,
         }
         self.backup_weights = self.weights if backup_weights is None else backup_weights
-        self.cancelled: list[tuple[str, int, int]] = []
+        self.cancel_requests: list[tuple[str, int, int]] = []  # every cancel call
+        self.cancelled: list[tuple[str, int, int]] = []  # those that withdrew one
         self.depths: dict[tuple[str, int], int] = {}
         self.delivered: set[tuple[str, int, int]] = set()
         self.delay_s = delay_s  # None: the instance never answers this query
@@ -78,12 +79,22 @@ class FakeBackend:
             self.handler.on_result(role, index, tag, output, None)
 
     def cancel(self, role: str, index: int, tag: int) -> None:
-        # a fake instance has "not started" any query it has not answered
-        if (role, index, tag) in self.delivered:
+        # like a worker serving one query at a time, in order, a fake
+        # instance has started the oldest query it holds: only those queued
+        # behind it can be withdrawn
+        self.cancel_requests.append((role, index, tag))
+        if (role, index, tag) in self.delivered or tag == self._oldest(role, index):
             return
         self.cancelled.append((role, index, tag))
         self.depths[(role, index)] -= 1
         self.loop.call_soon(self.handler.on_result, role, index, tag, None, CANCELLED)
+
+    def _oldest(self, role: str, index: int) -> int | None:
+        done = self.delivered.union(self.cancelled)
+        for r, i, t in self.sent:
+            if (r, i) == (role, index) and (r, i, t) not in done:
+                return t
+        return None
 
     def kill(self, role: str, index: int) -> None:
         self.dead.add((role, index))

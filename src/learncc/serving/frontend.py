@@ -800,9 +800,18 @@ class Frontend:
             self._pump()
 
     def _cancel_copies(self, query: _Query, winner: int) -> None:
+        backend = self.backend
         for index in query.copies:
-            if index != winner and self.backend.alive(DATA, index):
-                self.backend.cancel(DATA, index, query.qid)
+            # A copy alone on its instance is the one it is computing, and a
+            # started query cannot be withdrawn: the cancel would cost a write
+            # and wake the worker for nothing. Most reconstructions are of
+            # such copies, an original a little slower than its partner.
+            if (
+                index != winner
+                and backend.alive(DATA, index)
+                and backend.depth(DATA, index) > 1
+            ):
+                backend.cancel(DATA, index, query.qid)
 
     def _on_backup(self, tag: int, output: np.ndarray | None) -> None:
         query = self._pending.get(tag)
