@@ -162,7 +162,10 @@ async def test_cpu_comparison_interleaves_modes_over_the_same_slices(
     digits_bundle: Path,
 ) -> None:
     from learncc.bench.cpu import compare_cpu
+    from learncc.serving.backend import LocalBackend
+    from learncc.serving.frontend import Frontend
 
+    submit, send = Frontend.submit, LocalBackend.send
     result = await compare_cpu(
         digits_bundle,
         ("equal", "coded"),
@@ -171,6 +174,7 @@ async def test_cpu_comparison_interleaves_modes_over_the_same_slices(
         slice_s=0.3,
         m=2,
         service_ms=2,
+        breakdown=True,
         progress=False,
     )
     equal, coded = result["modes"]["equal"], result["modes"]["coded"]
@@ -180,6 +184,18 @@ async def test_cpu_comparison_interleaves_modes_over_the_same_slices(
     assert coded["ratio"] == pytest.approx(
         coded["cpu_us_per_query"] / equal["cpu_us_per_query"]
     )
+    # the breakdown counted what each mode did: equal sends every query once
+    # and reads one result for it; coded adds at most one parity query and
+    # result per group of k = 2 (none for a group answered before sealing)
+    eq, co = equal["breakdown"], coded["breakdown"]
+    assert eq["queries out"] == eq["results in"] == 1.0
+    assert 1.0 < co["queries out"] <= 1.5 and 1.0 < co["results in"] <= 1.5
+    assert eq["seal us"] == eq["flush timer us"] == 0.0 < co["seal us"]
+    assert eq["accept us"] > eq["send us"] > 0 and eq["blocking waits"] > 0
+    assert eq["rest us"] == pytest.approx(
+        equal["cpu_us_per_query"] - eq["accept us"] - eq["results us"]
+    )
+    assert (Frontend.submit, LocalBackend.send) == (submit, send)  # unwrapped
 
 
 @pytest.mark.parametrize(
@@ -252,3 +268,11 @@ def test_every_sweep_value_is_checked_before_the_first_runs(
     path.write_text(f'bundle = "b"\n[bench]\nmodes = ["coded"]\n[sweep]\n{sweep}\n')
     with pytest.raises(ConfigError, match=message):
         load_config(path)
+
+
+def test_latency_tail_reaches_one_over_n_and_no_lower() -> None:
+    from learncc.bench.plots import survival
+
+    values, slower = survival(np.array([5.0, 1.0, 3.0, 3.0]))
+    np.testing.assert_array_equal(values, [1.0, 3.0, 3.0, 5.0])
+    np.testing.assert_array_equal(slower, [1.0, 0.75, 0.5, 0.25])

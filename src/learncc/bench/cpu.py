@@ -18,6 +18,10 @@ of the work coding adds under realistic load, which the in-process
 throughput bench (``learncc.bench.throughput``, hot caches, no waiting)
 cannot.
 
+``--breakdown`` also splits each mode's CPU by the frontend method that
+spent it (the thread's CPU clock around each call) and counts messages and
+wake-ups per query; the clock reads add about 1 us per timed call.
+
 Run: ``python -m learncc.bench.cpu BUNDLE [--modes equal,coded] [--rate 300]``.
 """
 
@@ -25,8 +29,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import contextlib
 import json
 import math
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +46,85 @@ from learncc.bench.run import _test_inputs, apply_slowdowns
 from learncc.bundle import load_bundle
 from learncc.errors import ConfigError, LearnccError
 from learncc.outputs import check_writable
+from learncc.serving.backend import LocalBackend, _Instance
 from learncc.serving.deploy import MODES, deployment
+from learncc.serving.frontend import Frontend
 from learncc.serving.slowdown import preset
+
+# What --breakdown times: (label, class, method). "seal" runs inside
+# "accept" (a query completing its group) or the flush timer, "send" (one
+# query to an instance) inside both; "results" covers reading frames,
+# answering and decoding. Only the DISJOINT pieces add up.
+TIMED = (
+    ("accept", Frontend, "submit"),
+    ("seal", Frontend, "_seal"),
+    ("send", LocalBackend, "send"),
+    ("results", _Instance, "data_received"),
+    ("flush timer", Frontend, "_flush_due"),
+)
+DISJOINT = ("accept", "results", "flush timer")
+COUNTED = (
+    ("queries out", LocalBackend, "send"),
+    ("results in", Frontend, "on_result"),
+)
+
+
+@contextlib.contextmanager
+def _breakdown(
+    loop: asyncio.AbstractEventLoop, frontend: Frontend
+) -> Iterator[collections.Counter]:
+    """Time and count ``frontend``'s pieces of work (``TIMED``, ``COUNTED``)
+    and the event loop's blocking waits, into the yielded counter (CPU in
+    ns), for as long as the context lasts. Calls for the other modes'
+    frontends (a late result from the previous slice) are not counted."""
+    tally: collections.Counter = collections.Counter()
+    clock = time.thread_time_ns
+    ours = (frontend, frontend.backend)
+    saved = []
+
+    def owner(obj: Any) -> Any:
+        return obj.backend if isinstance(obj, _Instance) else obj
+
+    def timed(label: str, fn: Any) -> Any:
+        def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if owner(self) not in ours:
+                return fn(self, *args, **kwargs)
+            t0 = clock()
+            try:
+                return fn(self, *args, **kwargs)
+            finally:
+                tally[label] += clock() - t0
+
+        return run
+
+    def counted(label: str, fn: Any) -> Any:
+        def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+            tally[label] += owner(self) in ours
+            return fn(self, *args, **kwargs)
+
+        return run
+
+    for wrap, pieces in ((timed, TIMED), (counted, COUNTED)):
+        for label, cls, name in pieces:
+            saved.append((cls, name, getattr(cls, name)))
+            setattr(cls, name, wrap(label, getattr(cls, name)))
+    selector = loop._selector  # type: ignore[attr-defined]
+    select = selector.select
+
+    def waiting_select(timeout: float | None = None) -> Any:
+        events = select(timeout)
+        if timeout is None or timeout > 0:
+            tally["blocking waits"] += 1
+            tally["woken by a timer"] += not events
+        return events
+
+    selector.select = waiting_select
+    try:
+        yield tally
+    finally:
+        del selector.select  # back to the class's method
+        for cls, name, fn in reversed(saved):  # a method wrapped twice unwinds
+            setattr(cls, name, fn)
 
 
 async def compare_cpu(
@@ -54,6 +139,7 @@ async def compare_cpu(
     slowdown: str = "none",
     seed: int = 0,
     parity_encodes: bool = True,
+    breakdown: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Every mode's frontend CPU per query, its slices interleaved with the
@@ -63,7 +149,10 @@ async def compare_cpu(
     "ratio_median", "ratio_p25", "ratio_p75", "queries"}}, ...settings}``;
     ratios are per slice against ``modes[0]``'s CPU in the same slice.
     ``parity_encodes=False`` has coded's frontend encode (see
-    ``LocalBackend``).
+    ``LocalBackend``). With ``breakdown`` each mode also gets
+    ``"breakdown"``: CPU us per query of each ``TIMED`` piece and of the
+    rest (event loop, load generator, waking up), and per-query counts of
+    ``COUNTED`` calls and of the loop's blocking waits.
 
     Raises:
         ConfigError: a setting is out of range or a mode is given twice.
@@ -97,13 +186,21 @@ async def compare_cpu(
             )
         per_slice = {mode: [] for mode in modes}
         queries = dict.fromkeys(modes, 0)
+        tallies = {mode: collections.Counter() for mode in modes}
         bar = tqdm(total=slices * len(modes), desc="slices", disable=not progress)
         for s in range(slices):
             trace = poisson_trace(
                 rate_qps=rate_qps, duration_s=slice_s, pool=len(pool), seed=seed + s
             )
             for mode in modes[s % len(modes) :] + modes[: s % len(modes)]:
-                result = await drive(frontends[mode][0], trace, pool)
+                with (
+                    _breakdown(loop, frontends[mode][0])
+                    if breakdown
+                    else contextlib.nullcontext()
+                ) as tally:
+                    result = await drive(frontends[mode][0], trace, pool)
+                if tally is not None:
+                    tallies[mode].update(tally)
                 per_slice[mode].append(result.frontend_cpu_us_per_query)
                 queries[mode] += len(trace.arrivals_s)
                 bar.update(1)
@@ -125,6 +222,10 @@ async def compare_cpu(
             "queries": queries[mode],
             "slices_us": values.tolist(),
         }
+        if breakdown:
+            out[mode]["breakdown"] = _per_query(
+                tallies[mode], queries[mode], out[mode]["cpu_us_per_query"]
+            )
     return {
         "modes": out,
         "rate_qps": rate_qps,
@@ -134,6 +235,17 @@ async def compare_cpu(
         "service_ms": service_ms,
         "slowdown": slowdown,
         "parity_encodes": parity_encodes,
+    }
+
+
+def _per_query(tally: collections.Counter, n: int, cpu_us: float) -> dict[str, float]:
+    pieces = {label: tally[label] / 1e3 / n for label, _, _ in TIMED}
+    rest = cpu_us - sum(pieces[label] for label in DISJOINT)
+    counts = [label for label, _, _ in COUNTED] + ["blocking waits", "woken by a timer"]
+    return {
+        **{f"{label} us": v for label, v in pieces.items()},
+        "rest us": rest,
+        **{label: tally[label] / n for label in counts},
     }
 
 
@@ -160,6 +272,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="coded's frontend encodes parity queries (default: parity instances)",
     )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also split each mode's CPU by frontend method, and count messages "
+        "and wake-ups per query",
+    )
     parser.add_argument("--out", type=Path, help="write the results here as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -177,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
                 service_ms=args.service_ms,
                 slowdown=args.slowdown,
                 parity_encodes=not args.frontend_encodes,
+                breakdown=args.breakdown,
                 progress=not args.quiet,
             )
         )
@@ -190,6 +309,12 @@ def main(argv: list[str] | None = None) -> None:
             f"(per slice: median {r['ratio_median']:.3f}, "
             f"IQR {r['ratio_p25']:.3f}-{r['ratio_p75']:.3f})"
         )
+    if args.breakdown:
+        names = list(result["modes"])
+        print("per query:" + "".join(f"{m:>12}" for m in names))
+        for key in result["modes"][names[0]]["breakdown"]:
+            cells = (result["modes"][m]["breakdown"][key] for m in names)
+            print(f"  {key:>18}" + "".join(f"{v:12.2f}" for v in cells))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))

@@ -12,6 +12,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def survival(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted values and, for each, the share of values at least as large:
+    1 at the smallest down to 1/n at the largest, never the zero a log axis
+    cannot show."""
+    values = np.sort(np.asarray(values))
+    n = len(values)
+    return values, (n - np.arange(n)) / n
+
+
 def latency_cdf(
     latencies_ms: Mapping[str, np.ndarray], path: Path, title: str = ""
 ) -> Path:
@@ -19,16 +28,16 @@ def latency_cdf(
     p99 and p99.9 are as readable as the median."""
     fig, (ax_cdf, ax_tail) = plt.subplots(1, 2, figsize=(11, 4))
     for mode, values in latencies_ms.items():
-        values = np.sort(np.asarray(values))
         if len(values) == 0:
             continue
-        frac = np.arange(1, len(values) + 1) / len(values)
-        ax_cdf.plot(values, frac, label=mode)
-        ax_tail.plot(values, np.maximum(1 - frac, 1 / len(values) / 10), label=mode)
+        values, slower = survival(values)
+        n = len(values)
+        ax_cdf.plot(values, np.arange(1, n + 1) / n, label=mode)
+        ax_tail.plot(values, slower, label=mode)
     ax_cdf.set(xlabel="latency (ms)", ylabel="fraction of queries", title="CDF")
     ax_tail.set(
         xlabel="latency (ms)",
-        ylabel="fraction slower (1 - CDF)",
+        ylabel="fraction at least this slow",
         yscale="log",
         xscale="log",
         title="tail",
