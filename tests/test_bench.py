@@ -73,6 +73,25 @@ def test_bad_bench_and_slowdown_settings() -> None:
         BenchConfig(m=2.5)  # type: ignore[arg-type]
     assert BenchConfig(rate_qps=100).rate_qps == 100
 
+    # fresh-user test: each of these ran a first mode or sweep point, or
+    # allocated gigabytes, before failing with a traceback or not at all
+    for settings, message in (
+        ({"seed": -1}, r"seed must be an integer in 0..2\*\*63-1, got -1"),
+        ({"seed": 10**23}, "seed must be an integer"),
+        ({"policy": "bogus"}, "unknown policy 'bogus'"),
+        ({"backend": "k8s"}, "unknown backend 'k8s'"),
+        ({"ray_address": "foo:1"}, "ray_address needs backend = 'ray'"),
+        ({"noop": "yes"}, "noop must be true or false, got 'yes'"),
+        ({"modes": "coded"}, "modes must be a list of names, got 'coded'"),
+        ({"rate_qps": 1e9, "duration_s": 1, "warmup_s": 0}, "at most 10,000,000"),
+        (
+            {"slowdown_overrides": {"bogus": 1}},
+            r"unknown slowdown settings \['bogus'\]",
+        ),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            BenchConfig(**settings)
+
 
 async def test_drive_measures_from_scheduled_arrival() -> None:
     # one instance taking 20 ms per query at 100 q/s: latencies include queueing
@@ -255,6 +274,11 @@ def test_sweep_plot_has_latency_and_answer_panels(tmp_path: Path) -> None:
         ('param = "background_procs"\nvalues = [1, "two"]', "must be an integer"),
         ('param = "slow_factor"\nvalues = [10, 0.5]', "slow_factor must be >= 1"),
         ('param = "k"\nvalues = [2, 3.5]\nbundles = "b/{k}"', "k must be an integer"),
+        ('param = "k"\nvalues = [2]\nbundles = "b/{j}"', "naming no placeholder but"),
+        ('param = "k"\nvalues = [2]\nbundles = "b"', "naming no placeholder but"),
+        ('param = ["rate_qps"]\nvalues = [1]', "cannot sweep"),
+        ('param = "policy"\nvalues = ["round-robin", "x"]', "unknown policy 'x'"),
+        ('param = "seed"\nvalues = [0, -1]', "seed must be an integer"),
     ],
 )
 def test_every_sweep_value_is_checked_before_the_first_runs(
@@ -276,3 +300,50 @@ def test_latency_tail_reaches_one_over_n_and_no_lower() -> None:
     values, slower = survival(np.array([5.0, 1.0, 3.0, 3.0]))
     np.testing.assert_array_equal(values, [1.0, 3.0, 3.0, 5.0])
     np.testing.assert_array_equal(slower, [1.0, 0.75, 0.5, 0.25])
+
+
+def test_sweep_points_are_deployable_before_the_first_runs(
+    digits_bundle: Path, tmp_path: Path
+) -> None:
+    # fresh-user tests: an m below k failed at the second point, after the
+    # first had run; a k sweep ran a k = 2 bundle for k = 3 and labelled it so
+    from learncc.bench.sweep import check_points, load_config
+
+    path = tmp_path / "s.toml"
+    path.write_text(
+        f'bundle = "{digits_bundle}"\n[bench]\nmodes = ["coded"]\n'
+        "[sweep]\nparam = 'm'\nvalues = [4, 1]\n"
+    )
+    with pytest.raises(ConfigError, match="m = 1: m=1 data instances cannot hold"):
+        check_points(load_config(path))
+    (tmp_path / "k3").symlink_to(digits_bundle)
+    path.write_text(
+        '[bench]\nmodes = ["coded"]\n[sweep]\nparam = "k"\nvalues = [3, 4]\n'
+        f'bundles = "{tmp_path}/k{{k}}"\n'
+    )
+    with pytest.raises(ConfigError, match="k = 3 point found a bundle for k = 2"):
+        check_points(load_config(path))
+    # a missing bundle is trained at its point: only its counts are checked
+    (tmp_path / "k3").unlink()
+    check_points(load_config(path))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--concurrency", "0"], "concurrency must be in 1..100000, got 0"),
+        (["--duration", "nan"], "duration must be a finite number > 0"),
+        (["--fail-every", "-1"], "fail_every must be 0 (off) or >= 2"),
+        (["--modes", "bogus"], "unknown mode 'bogus'"),
+        (["--m", "1", "--modes", "coded"], "m=1 data instances cannot hold"),
+    ],
+)
+def test_throughput_refuses_bad_settings_with_a_message(
+    args: list[str], message: str, digits_bundle: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from learncc.bench.throughput import main
+
+    with pytest.raises(SystemExit) as exited:  # --concurrency 0 used to hang
+        main([str(digits_bundle), *args])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err

@@ -354,6 +354,23 @@ def test_eval_refuses_a_manifest_seed_that_is_not_an_integer(
     )
 
 
+def test_eval_refuses_zero_rounds_and_a_manifest_without_data(
+    digits_bundle: Path, tmp_path: Path
+) -> None:
+    result = invoke("eval", str(digits_bundle), "--rounds", "0")
+    assert str(result.exception) == "--rounds must be >= 1, got 0"
+    bundle = tmp_path / "bundle"
+    shutil.copytree(digits_bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["data"] = 5
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    result = invoke("eval", str(bundle))
+    assert isinstance(result.exception, LearnccError), result.output
+    assert "names no dataset to evaluate on (data.name); got data = 5" in str(
+        result.exception
+    )
+
+
 def test_train_help_lists_every_registered_dataset() -> None:
     from learncc.data.base import dataset_names
 

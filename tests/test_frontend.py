@@ -429,6 +429,27 @@ async def test_cheap_backup_answers_when_the_original_is_late() -> None:
     assert frontend.statistics().backup_used == 1
 
 
+async def test_cheap_waits_for_the_median_of_the_original_not_of_answers() -> None:
+    # a quarter of the originals take 30 ms, the rest 4 ms; the backup, 1 ms,
+    # should answer only for the slow quarter. Timing answers, the backup's
+    # own answers pulled the median down to 1 ms and it answered nearly all.
+    frontend, _ = uncoded(
+        lambda role, i, tag: (
+            0.001 if role == "backup" else (0.03 if tag % 4 == 3 else 0.004)
+        ),
+        backup=1,
+        redundancy="cheap",
+        data=4,
+    )
+    async with frontend:
+        for _ in range(3):  # 300 originals time the median (it needs 128)
+            await asyncio.gather(*(frontend.infer(x) for x in queries(100)))
+            await asyncio.sleep(0.05)  # the late originals come back
+        answers = await asyncio.gather(*(frontend.infer(x) for x in queries(100)))
+    backups = sum(a.backup for a in answers)
+    assert 15 <= backups <= 35
+
+
 async def test_shortest_queue_avoids_the_backed_up_instance() -> None:
     frontend, backend = uncoded(
         lambda role, i, tag: 0.2 if i == 0 else 0.001, policy="shortest-queue", data=3

@@ -509,6 +509,16 @@ def test_config_errors_name_the_parameter() -> None:
         SimConfig(slowdown="sometimes")
     with pytest.raises(ConfigError, match="hedge_percentile must be in"):
         SimConfig(hedge_percentile=100)
+    # fresh-user tests: a traceback, terabytes asked of NumPy, no progress,
+    # and results lost at the end of the run
+    with pytest.raises(ConfigError, match="a code needs k >= 2 and r >= 1, got k=0"):
+        SimConfig(k=0)
+    with pytest.raises(ConfigError, match="at most 100,000,000"):
+        SimConfig(rate_qps=1e12, duration_s=5, warmup_s=1)
+    with pytest.raises(ConfigError, match="the simulator takes at most 100,000"):
+        SimConfig(m=10**8)
+    with pytest.raises(ConfigError, match="seed must be an integer"):
+        SimConfig(seed=10**23)
 
 
 # -- the command line ------------------------------------------------------------

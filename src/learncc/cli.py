@@ -365,8 +365,15 @@ def evaluate(
     from learncc.training import evaluate_code
 
     _setup_logging(quiet)
+    if rounds < 1:
+        raise ConfigError(f"--rounds must be >= 1, got {rounds}")
     b = load_bundle(bundle)
-    spec = b.manifest["data"]
+    spec = b.manifest.get("data")
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise ConfigError(
+            f"{bundle / 'manifest.json'} names no dataset to evaluate on "
+            f"(data.name); got data = {spec!r}"
+        )
     seed = spec.get("seed")
     # bool is an int subclass, but a manifest seed of true is a mistake
     if not isinstance(seed, int) or isinstance(seed, bool):

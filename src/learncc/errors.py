@@ -81,18 +81,37 @@ class NonFiniteOutputError(BackendUnavailableError, ArithmeticError):
 
 
 def check_number_fields(config: Any) -> None:
-    """Refuse a dataclass's ``int`` and ``float`` fields holding anything but
-    numbers. Settings arrive from TOML sweep configs, where "8ms" would fail
-    later as a TypeError and ``true`` would pass as 1 (fresh-user tests).
+    """Refuse a dataclass's ``int``, ``float``, ``bool`` and ``str`` fields
+    holding anything else. Settings arrive from TOML sweep configs, where
+    "8ms" would fail later as a TypeError and ``true`` would pass as 1
+    (fresh-user tests).
 
     Raises:
         ConfigError: naming the field and what it holds.
     """
+    kinds = {
+        "float": ((int, float), "a number"),
+        "int": ((int,), "an integer"),
+        "bool": ((bool,), "true or false"),
+        "str": ((str,), "a string"),
+        "str | None": ((str, type(None)), "a string"),
+    }
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        kind = {"float": (int, float), "int": (int,)}.get(str(f.type))
+        kind, what = kinds.get(str(f.type), (None, ""))
         if kind is not None and (
-            isinstance(value, bool) or not isinstance(value, kind)
+            (isinstance(value, bool) and bool not in kind)
+            or not isinstance(value, kind)
         ):
-            what = "an integer" if f.type == "int" else "a number"
             raise ConfigError(f"{f.name} must be {what}, got {value!r}")
+
+
+def check_seed(seed: object) -> None:
+    """Refuse a seed NumPy's generators cannot take (negative) or results.json
+    cannot hold (beyond 64 bits), before any work.
+
+    Raises:
+        ConfigError: naming the seed.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ConfigError(f"seed must be an integer in 0..2**63-1, got {seed!r}")

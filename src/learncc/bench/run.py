@@ -15,10 +15,15 @@ import numpy as np
 from learncc.bench.interference import interference
 from learncc.bench.loadgen import ModeResult, drive, poisson_trace
 from learncc.bundle import load_bundle
-from learncc.errors import ConfigError, check_number_fields
+from learncc.errors import (
+    ConfigError,
+    UnknownNameError,
+    check_number_fields,
+    check_seed,
+)
 from learncc.serving.backend import BACKUP, DATA, PARITY
-from learncc.serving.deploy import MODES, Deployment, deployment
-from learncc.serving.frontend import Frontend
+from learncc.serving.deploy import MODES, Deployment, check_deployment, deployment
+from learncc.serving.frontend import POLICIES, Frontend
 from learncc.serving.slowdown import SlowdownConfig, instance_schedule, preset
 
 logger = logging.getLogger(__name__)
@@ -26,6 +31,8 @@ logger = logging.getLogger(__name__)
 # s either side of a slow episode whose round trips OverheadProbe leaves out;
 # longer than any unslowed round trip it keeps
 SLOW_SPAN_S = 0.5
+# queries one comparison may offer per mode: a day at 100 q/s
+MAX_QUERIES = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -82,8 +89,26 @@ class BenchConfig:
                     f"{name} must be a finite number >= 0 (> 0 for rates and "
                     f"durations), got {value}"
                 )
+        if self.rate_qps * self.duration_s > MAX_QUERIES:
+            # the trace is drawn up front: 1e9 q/s for a second once asked
+            # NumPy for 9 GiB (fresh-user test)
+            raise ConfigError(
+                f"rate_qps x duration_s asks for {self.rate_qps * self.duration_s:.3g} "
+                f"queries; a run takes at most {MAX_QUERIES:,}"
+            )
         if self.max_batch < 1 or self.batch_size < 1:
             raise ConfigError("max_batch and batch_size must be >= 1")
+        if self.policy not in POLICIES:
+            raise UnknownNameError("policy", self.policy, list(POLICIES))
+        if self.batch_size > 1 and self.policy == "shared-queue":
+            raise ConfigError(
+                "shared-queue hands out one query at a time; use batch_size = 1"
+            )
+        if self.backend not in ("local", "ray"):
+            raise UnknownNameError("backend", self.backend, ["local", "ray"])
+        if self.ray_address is not None and self.backend != "ray":
+            raise ConfigError("ray_address needs backend = 'ray'")
+        check_seed(self.seed)
         if self.warmup_s >= self.duration_s:
             raise ConfigError(
                 f"warmup_s ({self.warmup_s}) must be < duration_s ({self.duration_s})"
@@ -348,6 +373,7 @@ def run_comparison(
     """
     bundle_path = Path(bundle_path)
     bundle = load_bundle(bundle_path)
+    check_modes(bundle, cfg)
     pool, labels = _test_inputs(bundle)
     results = {}
     for mode in cfg.modes:
@@ -355,6 +381,17 @@ def run_comparison(
             run_mode(bundle_path, mode, cfg, pool, labels, progress=progress)
         )
     return results
+
+
+def check_modes(bundle: Any, cfg: BenchConfig) -> None:
+    """Refuse, before the first mode runs, a mode that could not be deployed
+    (a run that stopped at its second mode once lost the first's results).
+
+    Raises:
+        ConfigError, UnknownNameError: naming the mode.
+    """
+    for mode in cfg.modes:
+        check_deployment(bundle, mode, m=cfg.m, backend=cfg.backend, noop=cfg.noop)
 
 
 def _test_inputs(bundle: Any) -> tuple[np.ndarray, np.ndarray | None]:

@@ -27,8 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from learncc.bench.run import BenchConfig, run_comparison, summary
+from learncc.bench.run import BenchConfig, check_modes, run_comparison, summary
+from learncc.bundle import load_bundle
 from learncc.errors import ConfigError, LearnccError
+from learncc.serving.deploy import plan
 from learncc.serving.slowdown import SlowdownConfig, preset
 
 logger = logging.getLogger(__name__)
@@ -47,7 +49,15 @@ def load_config(path: Path) -> dict[str, Any]:
         config = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"cannot read sweep config {path}: {e}") from None
-    unknown = set(config.get("bench", {})) - BENCH_FIELDS
+    bench = config.get("bench", {})
+    if not isinstance(bench, dict):
+        raise ConfigError(f"{path}: [bench] must be a table, got {bench!r}")
+    for key in ("bundle", "out"):
+        if key in config and not isinstance(config[key], str):
+            raise ConfigError(
+                f"{path}: {key} must be a path string, got {config[key]!r}"
+            )
+    unknown = set(bench) - BENCH_FIELDS
     if unknown:
         raise ConfigError(
             f"unknown [bench] keys {sorted(unknown)}; known: {sorted(BENCH_FIELDS)}"
@@ -58,12 +68,21 @@ def load_config(path: Path) -> dict[str, Any]:
             f"{path} needs a [sweep] table with 'param' and non-empty 'values'"
         )
     param = sweep["param"]
-    if param not in BENCH_FIELDS | SLOWDOWN_FIELDS | {"k"}:
+    sweepable = BENCH_FIELDS | SLOWDOWN_FIELDS | {"k"}
+    if not isinstance(param, str) or param not in sweepable:
         raise ConfigError(
             f"cannot sweep {param!r}: not a bench or slowdown setting, nor 'k'"
         )
-    if param == "k" and "bundles" not in sweep:
-        raise ConfigError("sweeping k needs [sweep] bundles = 'path/with/{k}'")
+    if param == "k":
+        bundles = sweep.get("bundles")
+        try:
+            if not isinstance(bundles, str) or bundles.format(k=2) == bundles:
+                raise ValueError
+        except (KeyError, IndexError, ValueError):
+            raise ConfigError(
+                "sweeping k needs [sweep] bundles = 'path/with/{k}', a path "
+                f"naming no placeholder but {{k}}; got {bundles!r}"
+            ) from None
     if param != "k" and "bundle" not in config:
         raise ConfigError(f"{path} needs a top-level 'bundle' path")
     values = sweep["values"]
@@ -88,7 +107,7 @@ def load_config(path: Path) -> dict[str, Any]:
 
 def _bench_for(config: dict[str, Any], param: str, value: Any) -> BenchConfig:
     settings = dict(config.get("bench", {}))
-    if "modes" in settings:
+    if isinstance(settings.get("modes"), list):
         settings["modes"] = tuple(settings["modes"])
     if param in BENCH_FIELDS:
         settings[param] = value
@@ -100,9 +119,53 @@ def _bench_for(config: dict[str, Any], param: str, value: Any) -> BenchConfig:
     return BenchConfig(**settings)
 
 
+def _bundle_path(config: dict[str, Any], k: int, base: Path) -> Path:
+    return base / config["sweep"]["bundles"].format(k=k)
+
+
+def _check_k(path: Path, k: int) -> Any:
+    """The bundle at ``path``, refused unless its code has this k: a sweep
+    once ran a k = 2 bundle for every k asked and labelled the rows k = 3
+    and k = 4 (fresh-user test)."""
+    bundle = load_bundle(path)
+    if bundle.code.k != k:
+        raise ConfigError(
+            f"the sweep's k = {k} point found a bundle for k = {bundle.code.k} at "
+            f"{path}; point [sweep] bundles at one bundle per k, or remove it "
+            "to have it trained"
+        )
+    return bundle
+
+
+def check_points(config: dict[str, Any], *, base: Path = Path(".")) -> None:
+    """Refuse, before the first point runs, a point whose bundle or modes
+    could not run (m below k, cheap without a backup model, a bundle for the
+    wrong k): a sweep that stopped at its second point lost the first's
+    results. Bundles a k sweep would train are checked by their counts.
+
+    Raises:
+        ConfigError, UnknownNameError, BundleError: naming the point.
+    """
+    param = config["sweep"]["param"]
+    bundle = None if param == "k" else load_bundle(base / config["bundle"])
+    for value in config["sweep"]["values"]:
+        bench = _bench_for(config, param, value)
+        try:
+            if param != "k":
+                check_modes(bundle, bench)
+            elif (_bundle_path(config, value, base) / "manifest.json").exists():
+                check_modes(_check_k(_bundle_path(config, value, base), value), bench)
+            else:
+                for mode in bench.modes:
+                    plan(mode, m=bench.m, k=value, r=1)
+        except LearnccError as e:
+            raise ConfigError(f"[sweep] {param} = {value!r}: {e}") from None
+
+
 def _bundle_for(config: dict[str, Any], k: int, base: Path, progress: bool) -> Path:
-    path = base / config["sweep"]["bundles"].format(k=k)
+    path = _bundle_path(config, k, base)
     if (path / "manifest.json").exists():
+        _check_k(path, k)
         return path
     from learncc.codes import CodeConfig
     from learncc.data import load_dataset
@@ -128,6 +191,7 @@ def run_sweep(
     """Run every value of the sweep; return ``{"param", "rows"}`` with one
     row ``{"value", "latency_ms": {mode: {...}}}`` per value."""
     param = config["sweep"]["param"]
+    check_points(config, base=base)
     rows = []
     for value in config["sweep"]["values"]:
         logger.info("sweep %s = %s", param, value)

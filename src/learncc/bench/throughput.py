@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import time
 import timeit
 from pathlib import Path
@@ -27,9 +28,9 @@ import numpy as np
 import torch
 
 from learncc.bundle import load_bundle
-from learncc.errors import ConfigError
+from learncc.errors import ConfigError, LearnccError
 from learncc.serving.backend import NoopBackend
-from learncc.serving.deploy import coding_from_bundle, deployment, plan
+from learncc.serving.deploy import MODES, coding_from_bundle, deployment, plan
 from learncc.serving.frontend import Frontend
 
 
@@ -82,6 +83,16 @@ async def measure(
     duration_s: float,
     fail_every: int,
 ) -> dict[str, Any]:
+    if not 1 <= concurrency <= 100_000:
+        # 0 in flight never finishes; beyond max_pending every submit is refused
+        raise ConfigError(f"concurrency must be in 1..100000, got {concurrency}")
+    if not 0 < duration_s < math.inf:
+        raise ConfigError(f"duration must be a finite number > 0, got {duration_s}")
+    if fail_every < 0 or fail_every == 1:
+        raise ConfigError(
+            f"fail_every must be 0 (off) or >= 2 (every n-th data query fails), "
+            f"got {fail_every}"
+        )
     bundle = load_bundle(bundle_path)
     x = bundle.fill_input.numpy()
     if backend == "noop":
@@ -178,19 +189,28 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(time_serving_codes(args.bundle)))
         return
     results = {}
-    for mode in args.modes.split(","):
-        results[mode] = asyncio.run(
-            measure(
-                args.bundle,
-                mode,
-                backend=args.backend,
-                m=args.m,
-                concurrency=args.concurrency,
-                duration_s=args.duration,
-                fail_every=args.fail_every,
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    try:
+        if not modes:
+            raise ConfigError(f"--modes names no mode; choose from {', '.join(MODES)}")
+        code = load_bundle(args.bundle).code
+        for mode in modes:  # every mode's plan checked before the first runs
+            plan(mode, m=args.m, k=code.k, r=code.r)
+        for mode in modes:
+            results[mode] = asyncio.run(
+                measure(
+                    args.bundle,
+                    mode,
+                    backend=args.backend,
+                    m=args.m,
+                    concurrency=args.concurrency,
+                    duration_s=args.duration,
+                    fail_every=args.fail_every,
+                )
             )
-        )
-        print(mode, json.dumps(results[mode]))
+            print(mode, json.dumps(results[mode]))
+    except LearnccError as e:
+        parser.exit(2, f"error: {e}\n")
     if "equal" in results and "coded" in results:
         ratio = (
             results["coded"]["frontend_cpu_us_per_query"]

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from learncc.errors import ConfigError, UnknownNameError
+from learncc.errors import ConfigError, UnknownNameError, check_seed
 
 
 @dataclass(frozen=True)
@@ -132,4 +132,5 @@ def load_dataset(
 
     if name not in _LOADERS:
         raise UnknownNameError("dataset", name, list(_LOADERS))
+    check_seed(seed)
     return _LOADERS[name](name=name, data_dir=data_dir, seed=seed, download=download)

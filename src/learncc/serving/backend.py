@@ -161,7 +161,7 @@ class _Instance(asyncio.Protocol):
             )
         if was_alive and not self.backend.closing:
             logger.warning(
-                "instance %s/%d is down (%d queries in flight): %s",
+                "instance %s/%d is down (queries in flight: %d): %s",
                 self.role,
                 self.index,
                 len(self.outstanding),

@@ -49,12 +49,14 @@ def plan(mode: str, *, m: int, k: int, r: int) -> Deployment:
 
     Raises:
         UnknownNameError: ``mode`` is not one of ``MODES``.
-        ConfigError: m < 1, or m < k for ``coded``.
+        ConfigError: m < 1, k < 2, r < 1, or m < k for ``coded``.
     """
     if mode not in MODES:
         raise UnknownNameError("mode", mode, list(MODES))
     if m < 1:
         raise ConfigError(f"m must be >= 1 data instance, got {m}")
+    if k < 2 or r < 1:
+        raise ConfigError(f"a code needs k >= 2 and r >= 1, got k={k} and r={r}")
     if mode == "coded" and m < k:
         # only coded needs a group's members on distinct instances
         raise ConfigError(f"m={m} data instances cannot hold a coding group of k={k}")
@@ -88,6 +90,41 @@ def coding_from_bundle(bundle: Bundle) -> Coding:
         fill_output=bundle.fill_output.numpy(),
         max_abs_output=None if bound is None else RECONSTRUCTION_SLACK * bound,
     )
+
+
+def _check_names(mode: str, backend: str) -> None:
+    if backend not in ("local", "ray"):
+        raise UnknownNameError("backend", backend, ["local", "ray"])
+    if mode not in MODES:
+        raise UnknownNameError("mode", mode, list(MODES))
+    if backend == "ray" and mode == "cheap":
+        # RayBackend starts data and parity actors only; a backup role there
+        # would need its own actor kind, which nobody has asked for yet.
+        raise ConfigError("mode cheap runs on the local backend only, not on ray")
+
+
+def check_deployment(
+    bundle: Bundle, mode: str, *, m: int, backend: str = "local", noop: bool = False
+) -> Deployment:
+    """What ``deployment`` would refuse, checked without starting anything,
+    so that a run of several modes or a sweep can refuse before its first
+    mode runs; returns the instance counts.
+
+    Raises:
+        ConfigError, UnknownNameError: as ``deployment``.
+    """
+    _check_names(mode, backend)
+    if bundle.path is None:
+        raise ConfigError(
+            "the bundle must be saved to a directory for instances to load it"
+        )
+    shape = plan(mode, m=m, k=bundle.code.k, r=bundle.code.r)
+    if mode == "cheap" and getattr(bundle, "backup", None) is None and not noop:
+        raise ConfigError(
+            f"mode cheap needs a backup model in the bundle; {bundle.path} has none "
+            "(train with `learncc train --backup-hidden N`)"
+        )
+    return shape
 
 
 def deployment(
@@ -142,26 +179,9 @@ def deployment(
         ConfigError: m is too small for the bundle's code.
         UnknownNameError: unknown ``mode`` or ``backend``.
     """
-    if backend not in ("local", "ray"):
-        raise UnknownNameError("backend", backend, ["local", "ray"])
-    if mode not in MODES:
-        raise UnknownNameError("mode", mode, list(MODES))
-    if backend == "ray" and mode == "cheap":
-        # RayBackend starts data and parity actors only; a backup role there
-        # would need its own actor kind, which nobody has asked for yet.
-        raise ConfigError("mode cheap runs on the local backend only, not on ray")
+    _check_names(mode, backend)  # before reading the bundle
     loaded = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-    if loaded.path is None:
-        raise ConfigError(
-            "the bundle must be saved to a directory for instances to load it"
-        )
-    code = loaded.code
-    shape = plan(mode, m=m, k=code.k, r=code.r)
-    if mode == "cheap" and getattr(loaded, "backup", None) is None and not noop:
-        raise ConfigError(
-            f"mode cheap needs a backup model in the bundle; {loaded.path} has none "
-            "(train with `learncc train --backup-hidden N`)"
-        )
+    shape = check_deployment(loaded, mode, m=m, backend=backend, noop=noop)
     instances: Backend
     if backend == "ray":
         from learncc.serving.ray_backend import RayBackend

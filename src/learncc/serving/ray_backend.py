@@ -704,7 +704,7 @@ class RayBackend:
             slot.stream.transport.abort()
         slot.stream, slot.outstanding, slot.out = None, set(), []
         logger.warning(
-            "instance %s/%d is down (%d queries in flight): %s",
+            "instance %s/%d is down (queries in flight: %d): %s",
             *(slot.role, slot.index, len(lost), reason),
         )
         self.handler.on_down(slot.role, slot.index, lost)

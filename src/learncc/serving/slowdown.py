@@ -24,7 +24,7 @@ all processes of one machine share.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -88,6 +88,12 @@ PRESETS: dict[str, SlowdownConfig] = {
 def preset(name: str, **overrides: Any) -> SlowdownConfig:
     if name not in PRESETS:
         raise UnknownNameError("slowdown", name, list(PRESETS))
+    unknown = sorted(set(overrides) - {f.name for f in fields(SlowdownConfig)})
+    if unknown:
+        raise ConfigError(
+            f"unknown slowdown settings {unknown}; known: "
+            f"{sorted(f.name for f in fields(SlowdownConfig))}"
+        )
     return replace(PRESETS[name], **overrides)
 
 

@@ -80,7 +80,12 @@ from simpy.events import NORMAL
 
 from learncc.bench.loadgen import Trace, poisson_trace
 from learncc.codes import DECODERS, Decoder
-from learncc.errors import BackendUnavailableError, ConfigError, UnknownNameError
+from learncc.errors import (
+    BackendUnavailableError,
+    ConfigError,
+    UnknownNameError,
+    check_seed,
+)
 from learncc.serving.deploy import MODES, Deployment, plan
 from learncc.serving.policy import pick_instance
 from learncc.serving.slowdown import (
@@ -106,6 +111,12 @@ SIM_SLOWDOWNS = tuple(
     if not any(getattr(cfg, field_) for field_ in _UNMODELLED)
 )
 _DECODED, _BY_COPY, _BY_BACKUP = 1, 2, 3  # values of _Engine.recon
+
+
+# queries (and instances) one simulated run may hold: about 45 minutes of
+# CPU at the measured 27 s per million queries
+MAX_SIMULATED = 100_000_000
+MAX_SIMULATED_INSTANCES = 100_000
 
 
 @dataclass(frozen=True)
@@ -146,12 +157,25 @@ class SimConfig:
         bad = [m for m in self.modes if m not in MODES]
         if bad or not self.modes:
             raise ConfigError(f"unknown modes {bad}; choose from {', '.join(MODES)}")
+        check_seed(self.seed)
         if self.decoder not in DECODERS:
             raise UnknownNameError("decoder", self.decoder, list(DECODERS))
         if self.rate_qps <= 0 or self.duration_s <= 0:
             raise ConfigError(
                 f"rate_qps and duration_s must be > 0, "
                 f"got {self.rate_qps}, {self.duration_s}"
+            )
+        if self.rate_qps * self.duration_s > MAX_SIMULATED:
+            # arrivals are drawn up front: 1e12 q/s once asked NumPy for
+            # terabytes (fresh-user test)
+            raise ConfigError(
+                f"rate_qps x duration_s asks for {self.rate_qps * self.duration_s:.3g}"
+                f" queries; a simulated run takes at most {MAX_SIMULATED:,}"
+            )
+        if self.m > MAX_SIMULATED_INSTANCES:
+            raise ConfigError(
+                f"m = {self.m} instances; the simulator takes at most "
+                f"{MAX_SIMULATED_INSTANCES:,}"
             )
         if not 0 <= self.warmup_s < self.duration_s:
             raise ConfigError(

@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from learncc.data import Dataset, Split
-from learncc.errors import ConfigError
+from learncc.errors import ConfigError, check_seed
 from learncc.training.augment import random_affine
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or self.lr == float("inf"):  # NaN fails both
             raise ConfigError(f"lr must be a finite number > 0, got {self.lr}")
+        check_seed(self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,9 +57,15 @@ def top1(model: nn.Module, split: Split) -> float:
 
 
 def train_classifier(
-    model: nn.Module, data: Dataset, cfg: TrainConfig, *, progress: bool = True
+    model: nn.Module,
+    data: Dataset,
+    cfg: TrainConfig,
+    *,
+    progress: bool = True,
+    name: str = "F",
 ) -> tuple[nn.Module, dict[str, float]]:
     """Train ``model`` with cross-entropy; return the best epoch by validation top-1.
+    ``name`` labels its progress bar and log line ("F", "backup").
 
     Returns:
         The model holding the best epoch's weights, and its metrics
@@ -75,7 +82,9 @@ def train_classifier(
     augment = cfg.augment and x.dim() == 4  # affine augmentation needs images
     best: dict[str, Any] = {"val_top1": -1.0, "state": None, "epoch": -1}
 
-    bar = tqdm(range(cfg.epochs), desc="train F", unit="epoch", disable=not progress)
+    bar = tqdm(
+        range(cfg.epochs), desc=f"train {name}", unit="epoch", disable=not progress
+    )
     for epoch in bar:
         model.train()
         order = torch.randperm(len(y), generator=gen)
@@ -100,6 +109,6 @@ def train_classifier(
     model.load_state_dict(best["state"])
     model.eval()
     logger.info(
-        "base model: best epoch %d, val top-1 %.4f", best["epoch"], best["val_top1"]
+        "%s: best epoch %d, val top-1 %.4f", name, best["epoch"], best["val_top1"]
     )
     return model, {"val_top1": best["val_top1"], "best_epoch": best["epoch"]}

@@ -161,7 +161,11 @@ def train_bundle(
             data.normalization(),
         )
         backup, backup_metrics = train_classifier(
-            build_from_spec(backup_spec), data, base_cfg, progress=progress
+            build_from_spec(backup_spec),
+            data,
+            base_cfg,
+            progress=progress,
+            name="backup",
         )
         metrics["backup_top1"] = top1(backup, data.test)
 
