@@ -68,6 +68,20 @@ def test_bundle_holds_no_pickle(digits_bundle: Path) -> None:
         assert b"\x80\x04" not in path.read_bytes()[:2]  # no pickle protocol header
 
 
+def _poison_weights(path: Path) -> None:
+    # a flipped byte inside the data: the header stays valid
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    file = str(path / "base.safetensors")
+    with safe_open(file, framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(file)
+    name = sorted(tensors)[0]
+    tensors[name].view(-1)[0] = float("nan")
+    save_file(tensors, file, metadata=metadata)
+
+
 @pytest.mark.parametrize(
     ("damage", "match"),
     [
@@ -81,6 +95,14 @@ def test_bundle_holds_no_pickle(digits_bundle: Path) -> None:
         (
             lambda p: (p / "base.safetensors").write_bytes(b"\x00" * 64),
             "base.safetensors is corrupt",
+        ),
+        (_poison_weights, r"base\.safetensors is corrupt: tensor '.+' holds NaN"),
+        (
+            lambda p: (
+                (p / "code.safetensors").unlink(),
+                (p / "code.safetensors").mkdir(),
+            ),
+            "code.safetensors is not a file",
         ),
         (
             lambda p: _edit(p, lambda m: m.update(version=99)),

@@ -170,19 +170,31 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().clone() for k, v in state.items()}
 
 
-def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+def _check_file(path: Path) -> None:
     if not path.is_file():
-        raise BundleError(f"bundle file {path.name} is missing in {path.parent}")
+        state = "is not a file" if path.exists() else "is missing"
+        raise BundleError(f"bundle file {path.name} {state} in {path.parent}")
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    _check_file(path)
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise BundleError(f"bundle file {path} is corrupt: {e}") from None
+    for name, tensor in tensors.items():
+        # bytes flipped inside the data keep the header valid; the model then
+        # answers NaN to every query (fresh-user test)
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise BundleError(
+                f"bundle file {path} is corrupt: tensor {name!r} holds NaN or infinity"
+            )
+    return tensors
 
 
 def _header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
     """Tensor shapes and metadata of a safetensors file, without its data."""
-    if not path.is_file():
-        raise BundleError(f"bundle file {path.name} is missing in {path.parent}")
+    _check_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
