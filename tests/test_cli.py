@@ -380,3 +380,12 @@ def test_train_help_lists_every_registered_dataset() -> None:
     text = re.sub(r"[\s│]+", " ", result.output)
     for name in ("breast-cancer", "wine", *dataset_names()):
         assert f"{name}," in text or f"{name} (" in text, name
+
+
+def test_train_resume_without_a_checkpoint_says_it_starts_over(tmp_path: Path) -> None:
+    args = ["--dataset", "digits", "--epochs", "1", "--parity-epochs", "1"]
+    result = invoke("train", "--out", str(tmp_path / "b"), *args, "--resume", "--quiet")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # rich wraps long paths
+    assert "no checkpoint in" in said and "training from the start" in said
+    assert (tmp_path / "b" / "manifest.json").exists()

@@ -324,6 +324,12 @@ def train(
         )
     code = CodeConfig(k=k, r=r, encoder=encoder, decoder=decoder)
     base_state = None
+    if resume and not (out / "checkpoint" / "meta.json").exists():
+        # say so: a user asking to resume expects the earlier epochs kept
+        console.print(
+            f"no checkpoint in {out / 'checkpoint'} to resume from; training "
+            "from the start"
+        )
     if resume and (out / "checkpoint" / "base.safetensors").exists():
         from safetensors.torch import load_file
 
@@ -958,7 +964,12 @@ def codes_table(
     rows = run_codes_table(cfg, on_row=on_row, on_stage=on_stage)
     table = Table(title="codes: degraded-mode accuracy (test split, MLP F)")
     for key in ROW_KEYS:
-        table.add_column(key, justify="left" if key in ("code", "dataset") else "right")
+        # fold, not cut: "available_..." and "degraded_t..." at 80 columns
+        table.add_column(
+            key,
+            justify="left" if key in ("code", "dataset") else "right",
+            overflow="fold",
+        )
     for row in rows:
         table.add_row(
             row["code"],
