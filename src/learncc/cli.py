@@ -830,12 +830,12 @@ def _check_serve_options(
     import math
 
     from learncc.errors import UnknownNameError
-    from learncc.serving.deploy import MODES
+    from learncc.serving.deploy import BACKENDS, MODES
 
     if mode not in MODES:
         raise UnknownNameError("mode", mode, list(MODES))
-    if backend not in ("local", "ray"):
-        raise UnknownNameError("backend", backend, ["local", "ray"])
+    if backend not in BACKENDS:
+        raise UnknownNameError("backend", backend, list(BACKENDS))
     if m < 1:
         raise ConfigError(f"--m must be >= 1 data instance, got {m}")
     if not 0 <= port <= 65535:

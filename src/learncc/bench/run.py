@@ -22,8 +22,14 @@ from learncc.errors import (
     check_seed,
 )
 from learncc.serving.backend import BACKUP, DATA, PARITY
-from learncc.serving.deploy import MODES, Deployment, check_deployment, deployment
-from learncc.serving.frontend import POLICIES, Frontend
+from learncc.serving.deploy import (
+    BACKENDS,
+    MODES,
+    Deployment,
+    check_deployment,
+    deployment,
+)
+from learncc.serving.frontend import Frontend, check_policy
 from learncc.serving.slowdown import SlowdownConfig, instance_schedule, preset
 
 logger = logging.getLogger(__name__)
@@ -98,14 +104,9 @@ class BenchConfig:
             )
         if self.max_batch < 1 or self.batch_size < 1:
             raise ConfigError("max_batch and batch_size must be >= 1")
-        if self.policy not in POLICIES:
-            raise UnknownNameError("policy", self.policy, list(POLICIES))
-        if self.batch_size > 1 and self.policy == "shared-queue":
-            raise ConfigError(
-                "shared-queue hands out one query at a time; use batch_size = 1"
-            )
-        if self.backend not in ("local", "ray"):
-            raise UnknownNameError("backend", self.backend, ["local", "ray"])
+        check_policy(self.policy, self.batch_size)
+        if self.backend not in BACKENDS:
+            raise UnknownNameError("backend", self.backend, list(BACKENDS))
         if self.ray_address is not None and self.backend != "ray":
             raise ConfigError("ray_address needs backend = 'ray'")
         check_seed(self.seed)

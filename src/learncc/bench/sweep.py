@@ -151,10 +151,11 @@ def check_points(config: dict[str, Any], *, base: Path = Path(".")) -> None:
     for value in config["sweep"]["values"]:
         bench = _bench_for(config, param, value)
         try:
-            if param != "k":
+            path = _bundle_path(config, value, base) if param == "k" else None
+            if path is None:
                 check_modes(bundle, bench)
-            elif (_bundle_path(config, value, base) / "manifest.json").exists():
-                check_modes(_check_k(_bundle_path(config, value, base), value), bench)
+            elif (path / "manifest.json").exists():
+                check_modes(_check_k(path, value), bench)
             else:
                 for mode in bench.modes:
                     plan(mode, m=bench.m, k=value, r=1)
@@ -165,8 +166,7 @@ def check_points(config: dict[str, Any], *, base: Path = Path(".")) -> None:
 def _bundle_for(config: dict[str, Any], k: int, base: Path, progress: bool) -> Path:
     path = _bundle_path(config, k, base)
     if (path / "manifest.json").exists():
-        _check_k(path, k)
-        return path
+        return path  # its k was checked with every point's (check_points)
     from learncc.codes import CodeConfig
     from learncc.data import load_dataset
     from learncc.training import TrainConfig

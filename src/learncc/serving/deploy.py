@@ -30,6 +30,7 @@ from learncc.serving.backend import Backend, LocalBackend
 from learncc.serving.frontend import Coding, Frontend
 
 MODES = ("none", "equal", "coded", "hedge", "replicate", "cheap")
+BACKENDS = ("local", "ray")
 
 
 @dataclass(frozen=True)
@@ -93,8 +94,8 @@ def coding_from_bundle(bundle: Bundle) -> Coding:
 
 
 def _check_names(mode: str, backend: str) -> None:
-    if backend not in ("local", "ray"):
-        raise UnknownNameError("backend", backend, ["local", "ray"])
+    if backend not in BACKENDS:
+        raise UnknownNameError("backend", backend, list(BACKENDS))
     if mode not in MODES:
         raise UnknownNameError("mode", mode, list(MODES))
     if backend == "ray" and mode == "cheap":

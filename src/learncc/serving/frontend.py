@@ -76,6 +76,22 @@ SEAL_BATCH_GAP_S = 1e-4
 REDUNDANCY = ("hedge", "replicate", "cheap")
 
 
+def check_policy(policy: str, batch_size: int) -> None:
+    """Refuse an unknown dispatch policy, or batches under ``shared-queue``.
+
+    Raises:
+        ConfigError: naming the policy.
+    """
+    if batch_size > 1 and policy == "shared-queue":
+        raise ConfigError(
+            "shared-queue hands out one query at a time; use batch_size=1"
+        )
+    if policy not in POLICIES:
+        raise ConfigError(
+            f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}"
+        )
+
+
 @dataclass(frozen=True)
 class Answer:
     output: np.ndarray  # (*out) float32
@@ -241,14 +257,7 @@ class Frontend:
             )
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        if batch_size > 1 and policy == "shared-queue":
-            raise ConfigError(
-                "shared-queue hands out one query at a time; use batch_size=1"
-            )
-        if policy not in POLICIES:
-            raise ConfigError(
-                f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}"
-            )
+        check_policy(policy, batch_size)
         if redundancy is not None and redundancy not in REDUNDANCY:
             raise ConfigError(
                 f"unknown redundancy {redundancy!r}; "
